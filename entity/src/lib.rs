@@ -1,0 +1,9 @@
+//! sea-orm entities of the cloudpacs index (tables only, no logic).
+//!
+//! The schema itself is owned by the `migration` crate; these mirror it.
+
+pub mod hospital;
+pub mod instance;
+pub mod pending_blob;
+pub mod series;
+pub mod study;

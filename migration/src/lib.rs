@@ -1,0 +1,17 @@
+//! Schema migrations of the cloudpacs index, nothing else.
+//!
+//! Migrations never depend on the `entity` crate: an old migration must keep
+//! its meaning when the entities change.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_core;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_core::Migration)]
+    }
+}

@@ -1,0 +1,174 @@
+//! Ingest of one received part (DESIGN "Ingest"): inspect -> validate ->
+//! journal the blob key -> store the blob -> index in one transaction. A
+//! failure at any step leaves nothing visible and nothing leaked.
+
+use crate::db::{HospitalDb, IndexConflict, Indexed, NewInstance};
+use crate::dicom::{InspectError, Uid, inspect_file};
+use crate::store::{BlobKey, SpoolFile};
+
+use super::Archive;
+
+/// FailureReason (0008,1197) values, PS3.18 Annex I Table I.2-2 (and PS3.7
+/// for the duplicate case). Documented in conformance/CONFORMANCE.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// 0xA700: out of resources.
+    OutOfResources,
+    /// 0xA900: the data set does not match the SOP class (missing or
+    /// malformed required attributes).
+    DataSetMismatch,
+    /// 0xA900, as a conflict: the Study Instance UID is not the one of the
+    /// request URL, or the series belongs to another study.
+    StudyConflict,
+    /// 0x0111: a different object is stored under this SOP Instance UID.
+    DuplicateInstance,
+    /// 0xC000: cannot understand (not DICOM, truncated, unparsable).
+    CannotUnderstand,
+    /// 0xC122: transfer syntax not supported.
+    TransferSyntaxNotSupported,
+    /// 0x0110: processing failure (storage or index unavailable).
+    ProcessingFailure,
+}
+
+impl FailureReason {
+    pub fn code(self) -> u16 {
+        match self {
+            FailureReason::OutOfResources => 0xA700,
+            FailureReason::DataSetMismatch | FailureReason::StudyConflict => 0xA900,
+            FailureReason::DuplicateInstance => 0x0111,
+            FailureReason::CannotUnderstand => 0xC000,
+            FailureReason::TransferSyntaxNotSupported => 0xC122,
+            FailureReason::ProcessingFailure => 0x0110,
+        }
+    }
+
+    /// Whether the request was understood but conflicts with what is
+    /// stored or with the URL (-> 409 when nothing was stored).
+    pub fn is_conflict(self) -> bool {
+        !matches!(self, FailureReason::CannotUnderstand)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredInstance {
+    pub sop_class_uid: Uid,
+    pub sop_instance_uid: Uid,
+    pub study_uid: Uid,
+    pub series_uid: Uid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedInstance {
+    pub sop_class_uid: Option<Uid>,
+    pub sop_instance_uid: Option<Uid>,
+    pub reason: FailureReason,
+    /// A readable explanation, sent as ErrorComment.
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartOutcome {
+    Stored(StoredInstance),
+    Failed(FailedInstance),
+}
+
+impl PartOutcome {
+    pub fn failed(reason: FailureReason, comment: impl Into<String>) -> Self {
+        PartOutcome::Failed(FailedInstance { sop_class_uid: None, sop_instance_uid: None, reason, comment: comment.into() })
+    }
+}
+
+impl From<&InspectError> for FailureReason {
+    fn from(e: &InspectError) -> Self {
+        match e {
+            InspectError::NotDicom(_) | InspectError::Truncated | InspectError::Unparsable(_) => {
+                FailureReason::CannotUnderstand
+            }
+            InspectError::UnsupportedTransferSyntax(_) => FailureReason::TransferSyntaxNotSupported,
+            InspectError::MissingAttribute(_) | InspectError::InvalidUid(..) => FailureReason::DataSetMismatch,
+        }
+    }
+}
+
+impl Archive {
+    /// Store one received Part-10 file for the hospital of `scope`.
+    /// `expected_study` is the study of a `POST /studies/{study}` URL.
+    pub async fn ingest(&self, scope: &HospitalDb, file: SpoolFile, expected_study: Option<&Uid>) -> PartOutcome {
+        let path = file.path().to_owned();
+        let inspected = match tokio::task::spawn_blocking(move || inspect_file(&path)).await {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => return PartOutcome::failed(FailureReason::from(&e), e.to_string()),
+            Err(_) => return PartOutcome::failed(FailureReason::CannotUnderstand, "the data set cannot be parsed"),
+        };
+        let stored = StoredInstance {
+            sop_class_uid: inspected.sop_class_uid.clone(),
+            sop_instance_uid: inspected.sop_instance_uid.clone(),
+            study_uid: inspected.study_uid.clone(),
+            series_uid: inspected.series_uid.clone(),
+        };
+        let fail = |reason: FailureReason, comment: &str| {
+            PartOutcome::Failed(FailedInstance {
+                sop_class_uid: Some(stored.sop_class_uid.clone()),
+                sop_instance_uid: Some(stored.sop_instance_uid.clone()),
+                reason,
+                comment: comment.to_owned(),
+            })
+        };
+        if let Some(expected) = expected_study
+            && *expected != inspected.study_uid
+        {
+            return fail(FailureReason::StudyConflict, "StudyInstanceUID does not match the study of the request URL");
+        }
+
+        // A retry of an instance already stored: nothing to write.
+        match scope.instance_sha256(inspected.sop_instance_uid.as_str()).await {
+            Ok(Some(sha)) if sha == file.sha256 => return PartOutcome::Stored(stored),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "index lookup failed during ingest");
+                return fail(FailureReason::ProcessingFailure, "the index is unavailable");
+            }
+        }
+
+        let key = BlobKey::new_instance(&scope.hospital().id, &stored.study_uid, &stored.series_uid, &stored.sop_instance_uid);
+        if let Err(e) = self.db.add_pending_blob(key.as_str()).await {
+            tracing::error!(error = %e, "could not journal a blob");
+            return fail(FailureReason::ProcessingFailure, "the index is unavailable");
+        }
+        let (size_bytes, sha256) = (file.size as i64, file.sha256.clone());
+        if let Err(e) = self.store.put(&key, file).await {
+            tracing::error!(error = %e, "could not store a blob");
+            self.discard_blob(&key).await;
+            return fail(FailureReason::ProcessingFailure, "the blob store is unavailable");
+        }
+        let new = NewInstance { inspected: &inspected, blob_key: key.as_str().to_owned(), size_bytes, sha256 };
+        match scope.index_instance(&new, self.duplicate_policy).await {
+            Ok(Ok(Indexed::Stored)) => PartOutcome::Stored(stored),
+            Ok(Ok(Indexed::Identical)) => {
+                self.discard_blob(&key).await;
+                PartOutcome::Stored(stored)
+            }
+            Ok(Ok(Indexed::Replaced { old_blob })) => {
+                self.discard_blob(&BlobKey::from_stored(old_blob)).await;
+                PartOutcome::Stored(stored)
+            }
+            Ok(Err(conflict)) => {
+                self.discard_blob(&key).await;
+                match conflict {
+                    IndexConflict::SeriesInOtherStudy => {
+                        fail(FailureReason::StudyConflict, "the series already belongs to another study")
+                    }
+                    IndexConflict::DifferentObject => fail(
+                        FailureReason::DuplicateInstance,
+                        "a different object is already stored under this SOP Instance UID",
+                    ),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not index an instance");
+                self.discard_blob(&key).await;
+                fail(FailureReason::ProcessingFailure, "the index is unavailable")
+            }
+        }
+    }
+}

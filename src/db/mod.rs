@@ -1,0 +1,200 @@
+//! The index database: connection, migrations at start-up, and every query
+//! over `entity`. Nothing else in the crate writes SQL.
+//!
+//! DICOM data is only reachable through [`HospitalDb`], a handle scoped to
+//! one hospital whose every query filters by that hospital itself. Only the
+//! `auth` module constructs it.
+
+use std::time::Duration;
+
+use entity::hospital;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
+    DbErr, EntityTrait, QueryFilter, Statement,
+};
+
+mod instances;
+
+pub use instances::{IndexConflict, Indexed, NewInstance};
+
+/// The id of the hospital created on an empty index.
+pub const DEFAULT_HOSPITAL: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("not found")]
+    NotFound,
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// Milliseconds since the Unix epoch: how every time is stored.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The connection pool of the index.
+#[derive(Clone, Debug)]
+pub struct Db {
+    conn: DatabaseConnection,
+}
+
+/// A hospital as the rest of the crate sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hospital {
+    /// Primary key in the index.
+    pub pk: i64,
+    /// Public id (`default`, `hosp_…`).
+    pub id: String,
+    pub status: String,
+}
+
+impl From<hospital::Model> for Hospital {
+    fn from(m: hospital::Model) -> Self {
+        Hospital { pk: m.id, id: m.hospital_id, status: m.status }
+    }
+}
+
+impl Db {
+    /// Connect; SQLite runs in WAL mode with full fsync on commit, so an
+    /// acknowledged instance survives a crash.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        let mut opt = ConnectOptions::new(url.to_owned());
+        opt.max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .sqlx_logging(false);
+        opt.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true)
+        });
+        let conn = Database::connect(opt).await?;
+        Ok(Db { conn })
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        Migrator::up(&self.conn, None).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.conn.execute_raw(Statement::from_string(self.backend(), "SELECT 1")).await?;
+        Ok(())
+    }
+
+    /// Create the hospital `default` if the index has no hospital yet.
+    /// Returns whether it was created.
+    pub async fn ensure_default_hospital(&self) -> Result<bool, DbError> {
+        if hospital::Entity::find().one(&self.conn).await?.is_some() {
+            return Ok(false);
+        }
+        let now = now_millis();
+        let am = hospital::ActiveModel {
+            hospital_id: Set(DEFAULT_HOSPITAL.to_owned()),
+            name: Set("Default hospital".to_owned()),
+            plan: Set("enterprise".to_owned()),
+            status: Set("active".to_owned()),
+            max_users: Set(0),
+            max_storage_bytes: Set(0),
+            settings: Set("{}".to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        let inserted = hospital::Entity::insert(am)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(hospital::Column::HospitalId).do_nothing().to_owned(),
+            )
+            .exec_without_returning(&self.conn)
+            .await?;
+        Ok(inserted > 0)
+    }
+
+    pub async fn find_hospital(&self, id: &str) -> Result<Hospital, DbError> {
+        hospital::Entity::find()
+            .filter(hospital::Column::HospitalId.eq(id))
+            .one(&self.conn)
+            .await?
+            .map(Hospital::from)
+            .ok_or(DbError::NotFound)
+    }
+
+    /// The handle scoped to one hospital. Crate-private: `auth` is the only
+    /// caller, after it resolved who may act on which hospital.
+    pub(crate) fn scoped(&self, hospital: Hospital) -> HospitalDb {
+        HospitalDb { db: self.clone(), hospital }
+    }
+
+    /// Record a blob about to be written (the crash journal).
+    pub async fn add_pending_blob(&self, key: &str) -> Result<(), DbError> {
+        use entity::pending_blob;
+        let am = pending_blob::ActiveModel {
+            blob_key: Set(key.to_owned()),
+            created_at: Set(now_millis()),
+            ..Default::default()
+        };
+        pending_blob::Entity::insert(am).exec_without_returning(&self.conn).await?;
+        Ok(())
+    }
+
+    pub async fn remove_pending_blob(&self, key: &str) -> Result<(), DbError> {
+        use entity::pending_blob;
+        pending_blob::Entity::delete_many()
+            .filter(pending_blob::Column::BlobKey.eq(key))
+            .exec(&self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Journal entries older than `age`: blobs whose ingest never finished.
+    pub async fn stale_pending_blobs(&self, age: Duration) -> Result<Vec<String>, DbError> {
+        use entity::pending_blob;
+        use sea_orm::QuerySelect;
+        let cutoff = now_millis() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        Ok(pending_blob::Entity::find()
+            .filter(pending_blob::Column::CreatedAt.lte(cutoff))
+            .limit(1000)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(|p| p.blob_key)
+            .collect())
+    }
+
+    pub(crate) fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+}
+
+/// The index as one hospital sees it. Every method filters by the hospital.
+#[derive(Clone, Debug)]
+pub struct HospitalDb {
+    db: Db,
+    hospital: Hospital,
+}
+
+impl HospitalDb {
+    pub fn hospital(&self) -> &Hospital {
+        &self.hospital
+    }
+}
+
+impl Db {
+    /// Whether an instance row points at this blob.
+    pub async fn blob_referenced(&self, key: &str) -> Result<bool, DbError> {
+        use entity::instance;
+        Ok(instance::Entity::find()
+            .filter(instance::Column::BlobKey.eq(key))
+            .one(&self.conn)
+            .await?
+            .is_some())
+    }
+}

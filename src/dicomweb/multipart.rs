@@ -1,0 +1,170 @@
+//! multipart/related (RFC 2387) in: the STOW-RS request body, part by part,
+//! each part streamed to a spool file. Lenient on what real clients send
+//! (quoted or unquoted `boundary` and `type`, a leading CRLF, per-part
+//! `Content-Length`, chunked bodies, no final CRLF, junk after the closing
+//! delimiter); strict on size.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use multer::{Constraints, Multipart, SizeLimit};
+
+use crate::error::ApiError;
+use crate::store::{Spool, SpoolFile};
+
+/// The parameters of a `multipart/related` Content-Type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Related {
+    pub boundary: String,
+    /// The `type` parameter (root media type), lower case, if given.
+    pub root_type: Option<String>,
+}
+
+/// Parse a Content-Type as `multipart/related`. The `mime` crate rejects an
+/// unquoted `type=application/dicom` (common in curl examples), so the
+/// parameters are split by hand.
+pub fn parse_related(content_type: &str) -> Result<Related, ApiError> {
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("multipart/related") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "STOW-RS needs Content-Type multipart/related; type=\"application/dicom\", not {essence:?}"
+        )));
+    }
+    let mut boundary = None;
+    let mut root_type = None;
+    for param in parts {
+        let Some((name, value)) = param.split_once('=') else { continue };
+        let value = value.trim().trim_matches('"');
+        match name.trim().to_ascii_lowercase().as_str() {
+            "boundary" => boundary = Some(value.to_owned()),
+            "type" => root_type = Some(value.to_ascii_lowercase()),
+            _ => {}
+        }
+    }
+    let boundary = boundary
+        .filter(|b| !b.is_empty() && b.len() <= 200)
+        .ok_or_else(|| ApiError::BadRequest("the multipart/related Content-Type has no usable boundary".into()))?;
+    if let Some(t) = &root_type
+        && t != "application/dicom"
+    {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "only type=\"application/dicom\" parts are accepted, not {t:?}"
+        )));
+    }
+    Ok(Related { boundary, root_type })
+}
+
+/// What the next call to [`Parts::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// A complete part.
+    Part(SpoolFile),
+    /// A part that cannot be stored (wrong media type, cut short); the
+    /// reason is given. Parsing may continue.
+    BadPart(String),
+    /// No more parts.
+    End,
+}
+
+/// The parts of a multipart/related request body.
+pub struct Parts {
+    multipart: Multipart<'static>,
+    limit: u64,
+    seen: usize,
+    broken: bool,
+}
+
+impl Parts {
+    pub fn new(headers: &HeaderMap, body: Body, limit: u64) -> Result<Self, ApiError> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::UnsupportedMediaType("a Content-Type header is required".into()))?;
+        let related = parse_related(content_type)?;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        let constraints = Constraints::new().size_limit(SizeLimit::new().whole_stream(limit));
+        let multipart = Multipart::with_constraints(body.into_data_stream(), related.boundary, constraints);
+        Ok(Parts { multipart, limit, seen: 0, broken: false })
+    }
+
+    /// Stream the next part into a spool file.
+    pub async fn next(&mut self, spool: &Spool) -> Result<Next, ApiError> {
+        if self.broken {
+            return Ok(Next::End);
+        }
+        let mut field = match self.multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => return Ok(self.end()?),
+            Err(multer::Error::StreamSizeExceeded { .. }) => return Err(ApiError::PayloadTooLarge(self.limit)),
+            // Only the closing "--" is missing: every part arrived.
+            Err(multer::Error::IncompleteStream) if self.seen > 0 => return Ok(Next::End),
+            Err(e) if self.seen == 0 => {
+                return Err(ApiError::BadRequest(format!("malformed multipart/related body: {e}")));
+            }
+            Err(e) => {
+                self.broken = true;
+                return Ok(Next::BadPart(format!("the body ended inside a part: {e}")));
+            }
+        };
+        self.seen += 1;
+        let media_ok = field.content_type().is_none_or(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"));
+        let mut writer = spool.create().await.map_err(ApiError::internal)?;
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    if media_ok {
+                        writer.write(&chunk).await.map_err(ApiError::internal)?;
+                    }
+                }
+                Ok(None) => break,
+                Err(multer::Error::StreamSizeExceeded { .. }) => return Err(ApiError::PayloadTooLarge(self.limit)),
+                Err(e) => {
+                    self.broken = true;
+                    return Ok(Next::BadPart(format!("the part is truncated: {e}")));
+                }
+            }
+        }
+        if !media_ok {
+            let media = field.content_type().map(|m| m.essence_str().to_owned()).unwrap_or_default();
+            return Ok(Next::BadPart(format!("part media type {media:?} is not application/dicom")));
+        }
+        if writer.size() == 0 {
+            return Ok(Next::BadPart("the part is empty".into()));
+        }
+        Ok(Next::Part(writer.finish().await.map_err(ApiError::internal)?))
+    }
+
+    fn end(&self) -> Result<Next, ApiError> {
+        if self.seen == 0 {
+            return Err(ApiError::BadRequest("the multipart/related body has no part".into()));
+        }
+        Ok(Next::End)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_real_clients_send() {
+        let quoted = parse_related(r#"multipart/related; type="application/dicom"; boundary="0f3cf5c0-70e0""#);
+        assert_eq!(quoted.map(|r| r.boundary).ok().as_deref(), Some("0f3cf5c0-70e0"));
+        let unquoted = parse_related("multipart/related; boundary=X; type=application/dicom").ok();
+        assert_eq!(unquoted.map(|r| (r.boundary, r.root_type)), Some(("X".into(), Some("application/dicom".into()))));
+        let no_type = parse_related("Multipart/Related;boundary=abc").ok();
+        assert_eq!(no_type.map(|r| r.boundary).as_deref(), Some("abc"));
+        assert!(matches!(parse_related("application/dicom"), Err(ApiError::UnsupportedMediaType(_))));
+        assert!(matches!(parse_related("multipart/related; type=application/dicom"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            parse_related("multipart/related; type=\"application/dicom+json\"; boundary=b"),
+            Err(ApiError::UnsupportedMediaType(_))
+        ));
+    }
+}

@@ -1,0 +1,126 @@
+//! STOW-RS (PS3.18 §10.5, Annex I): store instances, part by part.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::WebRoot;
+use super::multipart::{Next, Parts};
+use crate::app::AppState;
+use crate::archive::{FailureReason, PartOutcome};
+use crate::auth::Tenant;
+use crate::dicom::Uid;
+use crate::error::ApiError;
+
+#[derive(Deserialize)]
+pub struct StudyPath {
+    study: String,
+}
+
+/// `POST /studies`
+pub async fn store_instances(
+    State(app): State<AppState>,
+    Tenant(scope): Tenant,
+    root: WebRoot,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    store(app, scope, root, headers, body, None).await
+}
+
+/// `POST /studies/{study}`: every instance must belong to that study.
+pub async fn store_instances_in_study(
+    State(app): State<AppState>,
+    Tenant(scope): Tenant,
+    root: WebRoot,
+    Path(StudyPath { study }): Path<StudyPath>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let study = Uid::parse(&study).map_err(|e| ApiError::BadRequest(format!("invalid study UID in the URL: {e}")))?;
+    store(app, scope, root, headers, body, Some(study)).await
+}
+
+async fn store(
+    app: AppState,
+    scope: crate::db::HospitalDb,
+    root: WebRoot,
+    headers: HeaderMap,
+    body: Body,
+    study: Option<Uid>,
+) -> Result<Response, ApiError> {
+    let mut parts = Parts::new(&headers, body, app.max_request_bytes)?;
+    let mut outcomes = Vec::new();
+    loop {
+        match parts.next(&app.archive.spool).await? {
+            Next::Part(file) => outcomes.push(app.archive.ingest(&scope, file, study.as_ref()).await),
+            Next::BadPart(why) => outcomes.push(PartOutcome::failed(FailureReason::CannotUnderstand, why)),
+            Next::End => break,
+        }
+    }
+    Ok(encode(&outcomes, &root))
+}
+
+/// The Store Instances Response Module (PS3.18 Table 10.5.3-3) and status:
+/// 200 all stored, 202 some failed, 409 none stored because of a conflict,
+/// 400 none stored because nothing could be understood.
+fn encode(outcomes: &[PartOutcome], root: &WebRoot) -> Response {
+    let ui = |v: Option<&Uid>| match v {
+        Some(uid) => json!({"vr": "UI", "Value": [uid.as_str()]}),
+        None => json!({"vr": "UI"}),
+    };
+    let mut referenced = Vec::new();
+    let mut failed = Vec::new();
+    let mut studies: Vec<&Uid> = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            PartOutcome::Stored(s) => {
+                if !studies.contains(&&s.study_uid) {
+                    studies.push(&s.study_uid);
+                }
+                let url = root.instance(s.study_uid.as_str(), s.series_uid.as_str(), s.sop_instance_uid.as_str());
+                referenced.push(json!({
+                    "00081150": ui(Some(&s.sop_class_uid)),
+                    "00081155": ui(Some(&s.sop_instance_uid)),
+                    "00081190": {"vr": "UR", "Value": [url]},
+                }));
+            }
+            PartOutcome::Failed(f) => failed.push(json!({
+                "00000902": {"vr": "LO", "Value": [truncate(&f.comment, 64)]},
+                "00081150": ui(f.sop_class_uid.as_ref()),
+                "00081155": ui(f.sop_instance_uid.as_ref()),
+                "00081197": {"vr": "US", "Value": [f.reason.code()]},
+            })),
+        }
+    }
+    let status = if failed.is_empty() {
+        StatusCode::OK
+    } else if !referenced.is_empty() {
+        StatusCode::ACCEPTED
+    } else if outcomes.iter().any(|o| matches!(o, PartOutcome::Failed(f) if f.reason.is_conflict())) {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let mut body = Map::new();
+    if let [study] = studies.as_slice() {
+        body.insert("00081190".into(), json!({"vr": "UR", "Value": [root.study(study.as_str())]}));
+    }
+    if !failed.is_empty() {
+        body.insert("00081198".into(), json!({"vr": "SQ", "Value": failed}));
+    }
+    if !referenced.is_empty() {
+        body.insert("00081199".into(), json!({"vr": "SQ", "Value": referenced}));
+    }
+    let mut resp = (status, Value::Object(body).to_string()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/dicom+json"));
+    resp
+}
+
+/// ErrorComment is LO: at most 64 characters.
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}

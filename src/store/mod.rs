@@ -1,0 +1,86 @@
+//! Blob storage of the original DICOM bytes, behind [`BlobStore`].
+//!
+//! Nothing else in the crate touches blob files (or, later, S3). Keys are
+//! built only by [`BlobKey`]; the index is the source of truth, so no request
+//! ever lists the store.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::dicom::Uid;
+
+pub mod fs;
+pub mod spool;
+
+pub use spool::{Spool, SpoolFile};
+
+/// Open the configured blob store.
+pub async fn open(storage: &crate::config::Storage) -> Result<Box<dyn BlobStore>, StoreError> {
+    match storage {
+        crate::config::Storage::File(dir) => Ok(Box::new(fs::FsStore::open(dir.clone()).await?)),
+    }
+}
+
+/// A stream of bytes read from the store.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("blob not found")]
+    NotFound,
+    #[error("blob store unavailable: {0}")]
+    Unavailable(String),
+    #[error("blob store I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Where one stored object lives. Every upload gets a fresh key (a random
+/// suffix), so a retried or concurrent upload never overwrites a blob the
+/// index still points to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlobKey(String);
+
+impl BlobKey {
+    /// The key of a new upload of an instance.
+    pub fn new_instance(hospital: &str, study: &Uid, series: &Uid, sop: &Uid) -> Self {
+        let nonce = uuid::Uuid::new_v4().simple();
+        BlobKey(format!("{hospital}/{study}/{series}/{sop}.{nonce}.dcm"))
+    }
+
+    /// A key as recorded in the index.
+    pub fn from_stored(key: String) -> Self {
+        BlobKey(key)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Path of this blob under `root`. Keys only ever hold hospital ids and
+    /// validated UIDs, so no component can climb out of `root`.
+    fn path_under(&self, root: &Path) -> PathBuf {
+        let mut p = root.to_path_buf();
+        p.extend(self.0.split('/').filter(|c| !c.is_empty() && *c != "." && *c != ".."));
+        p
+    }
+}
+
+/// Storage of immutable blobs.
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Store a spooled file under `key`, durably: when this returns, the blob
+    /// survives a crash. The spool file is consumed.
+    async fn put(&self, key: &BlobKey, file: SpoolFile) -> Result<(), StoreError>;
+    /// The whole blob, streamed.
+    async fn get(&self, key: &BlobKey) -> Result<ByteStream, StoreError>;
+    /// `length` bytes starting at `offset`, streamed.
+    async fn get_range(&self, key: &BlobKey, offset: u64, length: u64) -> Result<ByteStream, StoreError>;
+    /// Remove a blob; removing a missing blob is not an error.
+    async fn delete(&self, key: &BlobKey) -> Result<(), StoreError>;
+    /// Whether the store answers (for `/readyz`).
+    async fn check(&self) -> Result<(), StoreError>;
+}
