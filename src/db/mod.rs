@@ -169,7 +169,8 @@ impl Db {
             .collect())
     }
 
-    pub(crate) fn conn(&self) -> &DatabaseConnection {
+    /// The raw connection, for read-only inspection (tests, diagnostics).
+    pub fn conn(&self) -> &DatabaseConnection {
         &self.conn
     }
 }

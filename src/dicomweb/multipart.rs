@@ -3,9 +3,18 @@
 //! (quoted or unquoted `boundary` and `type`, a leading CRLF, per-part
 //! `Content-Length`, chunked bodies, no final CRLF, junk after the closing
 //! delimiter); strict on size.
+//!
+//! multer does the parsing. It misreads a part that has no header lines at
+//! all (the part vanishes without an error), so the delimiters are also
+//! counted as the body streams by, and every part multer did not deliver is
+//! reported as a failed part: a part is never lost silently.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
+use futures_util::StreamExt;
 use multer::{Constraints, Multipart, SizeLimit};
 
 use crate::error::ApiError;
@@ -72,6 +81,35 @@ pub struct Parts {
     limit: u64,
     seen: usize,
     broken: bool,
+    /// Delimiter lines seen in the raw body so far.
+    delimiters: Arc<AtomicUsize>,
+}
+
+/// Counts occurrences of `CRLF--boundary` in a byte stream, across chunk
+/// borders (the body is seen as if it started with a CRLF, so a first
+/// delimiter at the very start counts).
+struct DelimiterCounter {
+    finder: memchr::memmem::Finder<'static>,
+    tail: Vec<u8>,
+    count: Arc<AtomicUsize>,
+}
+
+impl DelimiterCounter {
+    fn new(boundary: &str, count: Arc<AtomicUsize>) -> Self {
+        let delimiter = format!("\r\n--{boundary}").into_bytes();
+        DelimiterCounter { finder: memchr::memmem::Finder::new(&delimiter).into_owned(), tail: b"\r\n".to_vec(), count }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        // The tail is shorter than the delimiter, so every match found here
+        // ends in this chunk and none is counted twice.
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(chunk);
+        let n = self.finder.find_iter(&window).count();
+        self.count.fetch_add(n, Ordering::Relaxed);
+        let keep = self.finder.needle().len() - 1;
+        self.tail = window[window.len().saturating_sub(keep)..].to_vec();
+    }
 }
 
 impl Parts {
@@ -89,8 +127,16 @@ impl Parts {
             return Err(ApiError::PayloadTooLarge(limit));
         }
         let constraints = Constraints::new().size_limit(SizeLimit::new().whole_stream(limit));
-        let multipart = Multipart::with_constraints(body.into_data_stream(), related.boundary, constraints);
-        Ok(Parts { multipart, limit, seen: 0, broken: false })
+        let delimiters = Arc::new(AtomicUsize::new(0));
+        let mut counter = DelimiterCounter::new(&related.boundary, delimiters.clone());
+        let stream = body.into_data_stream().map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                counter.feed(bytes);
+            }
+            chunk
+        });
+        let multipart = Multipart::with_constraints(stream, related.boundary, constraints);
+        Ok(Parts { multipart, limit, seen: 0, broken: false, delimiters })
     }
 
     /// Stream the next part into a spool file.
@@ -100,16 +146,14 @@ impl Parts {
         }
         let mut field = match self.multipart.next_field().await {
             Ok(Some(field)) => field,
-            Ok(None) => return Ok(self.end()?),
+            Ok(None) => return self.end(),
             Err(multer::Error::StreamSizeExceeded { .. }) => return Err(ApiError::PayloadTooLarge(self.limit)),
-            // Only the closing "--" is missing: every part arrived.
-            Err(multer::Error::IncompleteStream) if self.seen > 0 => return Ok(Next::End),
-            Err(e) if self.seen == 0 => {
+            Err(e) if self.seen == 0 && self.delimiters.load(Ordering::Relaxed) == 0 => {
                 return Err(ApiError::BadRequest(format!("malformed multipart/related body: {e}")));
             }
             Err(e) => {
                 self.broken = true;
-                return Ok(Next::BadPart(format!("the body ended inside a part: {e}")));
+                return Ok(Next::BadPart(format!("the body ended before the closing delimiter: {e}")));
             }
         };
         self.seen += 1;
@@ -140,7 +184,14 @@ impl Parts {
         Ok(Next::Part(writer.finish().await.map_err(ApiError::internal)?))
     }
 
-    fn end(&self) -> Result<Next, ApiError> {
+    /// After the last part multer delivered: one failure per part it did
+    /// not deliver (delimiters minus the closing one).
+    fn end(&mut self) -> Result<Next, ApiError> {
+        let announced = self.delimiters.load(Ordering::Relaxed).saturating_sub(1);
+        if self.seen < announced {
+            self.seen += 1;
+            return Ok(Next::BadPart("the part could not be parsed (malformed part headers)".into()));
+        }
         if self.seen == 0 {
             return Err(ApiError::BadRequest("the multipart/related body has no part".into()));
         }

@@ -1,0 +1,292 @@
+//! The shared test harness: an in-process app on a fresh index (SQLite in a
+//! temporary folder, or a fresh PostgreSQL database when
+//! `TEST_DATABASE_URL` is set) with real migrations, plus builders of
+//! synthetic DICOM instances and STOW bodies.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use cloudpacs::config::{DbArgs, DuplicatePolicy, LogFormat, ServeConfig};
+use cloudpacs::{AppState, app};
+use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use http_body_util::BodyExt;
+use sea_orm::{ConnectionTrait, Database, Statement};
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const BOUNDARY: &str = "cloudpacs-test-boundary";
+pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+pub struct TestApp {
+    pub state: AppState,
+    pub router: Router,
+    pub config: ServeConfig,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct TestAppBuilder {
+    duplicate_policy: DuplicatePolicy,
+    max_request_bytes: u64,
+    public_url: Option<String>,
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder { duplicate_policy: DuplicatePolicy::Reject, max_request_bytes: 1 << 30, public_url: None }
+    }
+
+    pub async fn new() -> Self {
+        Self::builder().build().await
+    }
+
+    pub async fn request(&self, req: Request<Body>) -> Response<Body> {
+        self.router.clone().oneshot(req).await.unwrap()
+    }
+
+    /// POST a STOW body to `path` with the usual Content-Type.
+    pub async fn stow(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let req = Request::post(path)
+            .header("content-type", format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"))
+            .header("host", "127.0.0.1:8080")
+            .body(Body::from(body))
+            .unwrap();
+        let resp = self.request(req).await;
+        let status = resp.status();
+        (status, json_body(resp).await)
+    }
+
+    /// Number of instance rows in the index.
+    pub async fn instance_count(&self) -> i64 {
+        self.scalar("SELECT COUNT(*) AS n FROM instances").await
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let db = self.state.archive.db.conn();
+        let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    }
+
+    /// Files in the blob folder (temporary files excluded).
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    if p.file_name().is_some_and(|n| n != ".tmp") {
+                        walk(&p, out);
+                    }
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("blobs"), &mut out);
+        out
+    }
+
+    pub fn spool_files(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("spool")).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+impl TestAppBuilder {
+    pub fn duplicate_policy(mut self, p: DuplicatePolicy) -> Self {
+        self.duplicate_policy = p;
+        self
+    }
+
+    pub fn max_request_bytes(mut self, n: u64) -> Self {
+        self.max_request_bytes = n;
+        self
+    }
+
+    pub fn public_url(mut self, url: &str) -> Self {
+        self.public_url = Some(url.to_owned());
+        self
+    }
+
+    pub async fn build(self) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServeConfig {
+            db: DbArgs {
+                data_dir: dir.path().to_path_buf(),
+                database_url: fresh_database().await,
+                db_max_connections: 8,
+            },
+            listen: "127.0.0.1:0".parse().unwrap(),
+            storage: None,
+            public_url: self.public_url,
+            max_request_bytes: self.max_request_bytes,
+            duplicate_policy: self.duplicate_policy,
+            orphan_age_secs: 3600,
+            log_format: LogFormat::Text,
+            shutdown_grace_secs: 1,
+        };
+        let state = AppState::open(&config).await.unwrap();
+        let router = app(state.clone());
+        TestApp { state, router, config, dir }
+    }
+}
+
+/// A fresh PostgreSQL database per test app when `TEST_DATABASE_URL` is set
+/// (databases are named `cloudpacs_test_*`; the test command drops them).
+pub async fn fresh_database() -> Option<String> {
+    let base = std::env::var("TEST_DATABASE_URL").ok()?;
+    let name = format!("cloudpacs_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect(base.clone()).await.expect("TEST_DATABASE_URL must be reachable");
+    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+    admin.close().await.unwrap();
+    let (prefix, _) = base.rsplit_once('/').expect("TEST_DATABASE_URL ends with /DBNAME");
+    Some(format!("{prefix}/{name}"))
+}
+
+pub async fn json_body(resp: Response<Body>) -> Value {
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+}
+
+/// A synthetic instance with fake patient data.
+#[derive(Clone, Debug)]
+pub struct Synth {
+    pub study: String,
+    pub series: String,
+    pub sop: String,
+    pub modality: &'static str,
+    pub patient_name: &'static str,
+    pub rows: u16,
+    pub columns: u16,
+    pub frames: u32,
+    /// Fills the pixel data (varies the object's bytes).
+    pub fill: u8,
+}
+
+impl Synth {
+    pub fn new(study: &str, series: &str, sop: &str) -> Self {
+        Synth {
+            study: study.into(),
+            series: series.into(),
+            sop: sop.into(),
+            modality: "CT",
+            patient_name: "Doe^Jane",
+            rows: 8,
+            columns: 8,
+            frames: 1,
+            fill: 7,
+        }
+    }
+
+    pub fn frames(mut self, n: u32) -> Self {
+        self.frames = n;
+        self
+    }
+
+    pub fn fill(mut self, b: u8) -> Self {
+        self.fill = b;
+        self
+    }
+
+    pub fn modality(mut self, m: &'static str) -> Self {
+        self.modality = m;
+        self
+    }
+
+    /// The data set without file meta, for custom encodings.
+    pub fn dataset(&self) -> InMemDicomObject {
+        let frame_len = usize::from(self.rows) * usize::from(self.columns) * 2;
+        let pixels: Vec<u8> = (0..frame_len * self.frames as usize)
+            .map(|i| self.fill.wrapping_add((i / frame_len) as u8))
+            .collect();
+        InMemDicomObject::from_element_iter([
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, dicom_value!(Str, CT_IMAGE_STORAGE)),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, dicom_value!(Str, self.sop.as_str())),
+            DataElement::new(tags::STUDY_DATE, VR::DA, dicom_value!(Str, "20240102")),
+            DataElement::new(tags::MODALITY, VR::CS, dicom_value!(Str, self.modality)),
+            DataElement::new(tags::PATIENT_NAME, VR::PN, dicom_value!(Str, self.patient_name)),
+            DataElement::new(tags::PATIENT_ID, VR::LO, dicom_value!(Str, "PAT001")),
+            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, dicom_value!(Str, self.study.as_str())),
+            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, dicom_value!(Str, self.series.as_str())),
+            DataElement::new(tags::SERIES_NUMBER, VR::IS, dicom_value!(Str, "1")),
+            DataElement::new(tags::INSTANCE_NUMBER, VR::IS, dicom_value!(Str, "1")),
+            DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, dicom_value!(U16, [1])),
+            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, dicom_value!(Str, "MONOCHROME2")),
+            DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, dicom_value!(Str, self.frames.to_string())),
+            DataElement::new(tags::ROWS, VR::US, dicom_value!(U16, [self.rows])),
+            DataElement::new(tags::COLUMNS, VR::US, dicom_value!(U16, [self.columns])),
+            DataElement::new(tags::BITS_ALLOCATED, VR::US, dicom_value!(U16, [16])),
+            DataElement::new(tags::BITS_STORED, VR::US, dicom_value!(U16, [16])),
+            DataElement::new(tags::HIGH_BIT, VR::US, dicom_value!(U16, [15])),
+            DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, dicom_value!(U16, [0])),
+            DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U8(pixels.into())),
+        ])
+    }
+
+    /// A Part-10 file (Explicit VR Little Endian).
+    pub fn bytes(&self) -> Vec<u8> {
+        part10(self.dataset(), &self.sop)
+    }
+}
+
+/// Wrap a data set into a Part-10 file.
+pub fn part10(obj: InMemDicomObject, sop: &str) -> Vec<u8> {
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(CT_IMAGE_STORAGE)
+        .media_storage_sop_instance_uid(sop)
+        .transfer_syntax(EXPLICIT_VR_LE)
+        .build()
+        .unwrap();
+    let mut out = Vec::new();
+    obj.with_exact_meta(meta).write_all(&mut out).unwrap();
+    out
+}
+
+/// A multipart/related body of application/dicom parts.
+pub fn multipart(parts: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+        body.extend_from_slice(p);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// The failure reasons (0008,1197) of a STOW response, in order.
+pub fn failure_reasons(resp: &Value) -> Vec<u64> {
+    resp["00081198"]["Value"]
+        .as_array()
+        .map(|items| items.iter().map(|i| i["00081197"]["Value"][0].as_u64().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+/// The SOP Instance UIDs of the ReferencedSOPSequence of a STOW response.
+pub fn referenced(resp: &Value) -> Vec<String> {
+    resp["00081199"]["Value"]
+        .as_array()
+        .map(|items| items.iter().map(|i| i["00081155"]["Value"][0].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The pydicom corpus built by `tests/setup-python.sh`.
+pub fn corpus_dir() -> PathBuf {
+    let dir = std::env::var("CLOUDPACS_TEST_DATA").expect(
+        "CLOUDPACS_TEST_DATA is not set: run `eval \"$(tests/setup-python.sh)\"` first (the test command does)",
+    );
+    PathBuf::from(dir)
+}
+
+pub fn corpus_manifest() -> Vec<Value> {
+    let text = std::fs::read_to_string(corpus_dir().join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
