@@ -33,20 +33,38 @@ impl AppState {
     pub async fn open(config: &ServeConfig) -> Result<Self, String> {
         tokio::fs::create_dir_all(&config.db.data_dir)
             .await
-            .map_err(|e| format!("cannot create the data dir {}: {e}", config.db.data_dir.display()))?;
+            .map_err(|e| {
+                format!(
+                    "cannot create the data dir {}: {e}",
+                    config.db.data_dir.display()
+                )
+            })?;
         let db = Db::connect(&config.db.url(), config.db.db_max_connections)
             .await
             .map_err(|e| format!("cannot open the index: {e}"))?;
-        db.migrate().await.map_err(|e| format!("cannot migrate the index: {e}"))?;
-        if db.ensure_default_hospital().await.map_err(|e| e.to_string())? {
+        db.migrate()
+            .await
+            .map_err(|e| format!("cannot migrate the index: {e}"))?;
+        if db
+            .ensure_default_hospital()
+            .await
+            .map_err(|e| e.to_string())?
+        {
             tracing::info!("created the hospital `default` on an empty index");
         }
-        let store = store::open(&config.storage()?).await.map_err(|e| format!("cannot open the blob store: {e}"))?;
+        let store = store::open(&config.storage()?)
+            .await
+            .map_err(|e| format!("cannot open the blob store: {e}"))?;
         let spool = Spool::open(config.spool_dir())
             .await
             .map_err(|e| format!("cannot open the spool folder: {e}"))?;
         Ok(AppState {
-            archive: Archive { db, store: Arc::from(store), spool, duplicate_policy: config.duplicate_policy },
+            archive: Archive {
+                db,
+                store: Arc::from(store),
+                spool,
+                duplicate_policy: config.duplicate_policy,
+            },
             public_url: config.public_url.clone(),
             max_request_bytes: config.max_request_bytes,
         })
@@ -66,13 +84,22 @@ pub fn app(state: AppState) -> Router {
             // or headers (credentials).
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
-                    let route = req.extensions().get::<MatchedPath>().map_or("-", |p| p.as_str());
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("-", |p| p.as_str());
                     tracing::info_span!("request", method = %req.method(), route = %route)
                 })
                 .on_request(())
-                .on_response(|resp: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
-                    tracing::info!(status = resp.status().as_u16(), duration_ms = latency.as_millis() as u64, "response");
-                }),
+                .on_response(
+                    |resp: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                        tracing::info!(
+                            status = resp.status().as_u16(),
+                            duration_ms = latency.as_millis() as u64,
+                            "response"
+                        );
+                    },
+                ),
         )
         .layer(CatchPanicLayer::new())
         .with_state(state)

@@ -30,7 +30,10 @@ impl DbArgs {
     pub fn url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("index.sqlite").display()),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("index.sqlite").display()
+            ),
         }
     }
 }
@@ -39,7 +42,10 @@ impl fmt::Debug for DbArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DbArgs")
             .field("data_dir", &self.data_dir)
-            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
             .field("db_max_connections", &self.db_max_connections)
             .finish()
     }
@@ -47,8 +53,12 @@ impl fmt::Debug for DbArgs {
 
 /// A URL with its password replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
@@ -143,7 +153,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
 }

@@ -73,7 +73,8 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         resp
     }

@@ -57,8 +57,12 @@ async fn main() -> ExitCode {
 }
 
 async fn migrate(db: DbArgs) -> Result<(), String> {
-    tokio::fs::create_dir_all(&db.data_dir).await.map_err(|e| e.to_string())?;
-    let conn = cloudpacs::db::Db::connect(&db.url(), 1).await.map_err(|e| e.to_string())?;
+    tokio::fs::create_dir_all(&db.data_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = cloudpacs::db::Db::connect(&db.url(), 1)
+        .await
+        .map_err(|e| e.to_string())?;
     conn.migrate().await.map_err(|e| e.to_string())?;
     tracing::info!("index migrated");
     Ok(())
@@ -92,11 +96,14 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(listen = %config.listen, "serving DICOMweb at /dicom-web");
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let server = axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown({
-            let shutdown = shutdown.clone();
-            async move { shutdown.notified().await }
-        });
+    let server = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown({
+        let shutdown = shutdown.clone();
+        async move { shutdown.notified().await }
+    });
     let mut server = tokio::spawn(async move { server.await });
     tokio::select! {
         result = &mut server => {

@@ -29,26 +29,42 @@ async fn post_raw(app: &TestApp, content_type: &str, body: Body) -> (StatusCode,
 
 async fn assert_nothing_stored(app: &TestApp) {
     assert_eq!(app.instance_count().await, 0, "no index row");
-    assert_eq!(app.scalar("SELECT COUNT(*) AS n FROM studies").await, 0, "no study row");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) AS n FROM studies").await,
+        0,
+        "no study row"
+    );
     assert!(app.blob_files().is_empty(), "no blob");
-    assert_eq!(app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await, 0, "no journal entry left");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
+        0,
+        "no journal entry left"
+    );
 }
 
 #[tokio::test]
 async fn stores_an_instance_on_disk_and_in_the_index() {
     let app = TestApp::new().await;
     let file = synth(1).frames(3).bytes();
-    let (status, resp) = app.stow("/dicom-web/studies", multipart(&[file.clone()])).await;
+    let (status, resp) = app.stow("/dicom-web/studies", multipart(&[&file])).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
     assert_eq!(referenced(&resp), vec!["1.2.826.0.1.3680043.8.498.1.1.1"]);
-    assert!(resp.get("00081198").is_none(), "no FailedSOPSequence on success");
+    assert!(
+        resp.get("00081198").is_none(),
+        "no FailedSOPSequence on success"
+    );
     let item = &resp["00081199"]["Value"][0];
     assert_eq!(item["00081150"]["Value"][0], CT_IMAGE_STORAGE);
     assert_eq!(
         item["00081190"]["Value"][0],
-        format!("http://127.0.0.1:8080/dicom-web/studies/{STUDY}/series/{SERIES}/instances/1.2.826.0.1.3680043.8.498.1.1.1")
+        format!(
+            "http://127.0.0.1:8080/dicom-web/studies/{STUDY}/series/{SERIES}/instances/1.2.826.0.1.3680043.8.498.1.1.1"
+        )
     );
-    assert_eq!(resp["00081190"]["Value"][0], format!("http://127.0.0.1:8080/dicom-web/studies/{STUDY}"));
+    assert_eq!(
+        resp["00081190"]["Value"][0],
+        format!("http://127.0.0.1:8080/dicom-web/studies/{STUDY}")
+    );
 
     // the stored bytes are the sent bytes
     let blobs = app.blob_files();
@@ -60,22 +76,39 @@ async fn stores_an_instance_on_disk_and_in_the_index() {
     // index row: counts, frames, layout, metadata
     let db = app.state.archive.db.conn();
     use sea_orm::EntityTrait;
-    let inst = entity::instance::Entity::find().one(db).await.unwrap().unwrap();
+    let inst = entity::instance::Entity::find()
+        .one(db)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(inst.number_of_frames, 3);
     assert_eq!(inst.size_bytes as usize, file.len());
     assert_eq!(inst.transfer_syntax, EXPLICIT_VR_LE);
-    let frames: Vec<Vec<(u64, u64)>> = serde_json::from_str(inst.frames.as_deref().unwrap()).unwrap();
+    let frames: Vec<Vec<(u64, u64)>> =
+        serde_json::from_str(inst.frames.as_deref().unwrap()).unwrap();
     assert_eq!(frames.len(), 3);
     for (i, f) in frames.iter().enumerate() {
         let (o, l) = f[0];
         assert_eq!(l, 128);
-        assert!(file[o as usize..(o + l) as usize].iter().all(|b| *b == 7 + i as u8), "frame {i} cut exactly");
+        assert!(
+            file[o as usize..(o + l) as usize]
+                .iter()
+                .all(|b| *b == 7 + i as u8),
+            "frame {i} cut exactly"
+        );
     }
     let meta: Value = serde_json::from_str(&inst.metadata).unwrap();
     assert_eq!(meta["00100010"]["Value"][0]["Alphabetic"], "Doe^Jane");
     assert_eq!(meta["00200013"]["Value"][0], 1, "IS as a number");
-    assert_eq!(meta["7FE00010"]["BulkDataURI"], "7FE00010", "no pixel data inline");
-    let study = entity::study::Entity::find().one(db).await.unwrap().unwrap();
+    assert_eq!(
+        meta["7FE00010"]["BulkDataURI"], "7FE00010",
+        "no pixel data inline"
+    );
+    let study = entity::study::Entity::find()
+        .one(db)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((study.number_of_series, study.number_of_instances), (1, 1));
     assert_eq!(study.modalities_in_study, "CT");
     assert_eq!(study.patient_name_norm.as_deref(), Some("DOE^JANE"));
@@ -88,15 +121,24 @@ async fn counts_and_modalities_follow_the_instances() {
     let parts = vec![
         synth(1).bytes(),
         synth(2).bytes(),
-        Synth::new(STUDY, mr_series, "1.2.826.0.1.3680043.8.498.1.2.1").modality("MR").bytes(),
+        Synth::new(STUDY, mr_series, "1.2.826.0.1.3680043.8.498.1.2.1")
+            .modality("MR")
+            .bytes(),
     ];
     let (status, _) = app.stow("/dicom-web/studies", multipart(&parts)).await;
     assert_eq!(status, StatusCode::OK);
     use sea_orm::EntityTrait;
-    let study = entity::study::Entity::find().one(app.state.archive.db.conn()).await.unwrap().unwrap();
+    let study = entity::study::Entity::find()
+        .one(app.state.archive.db.conn())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((study.number_of_series, study.number_of_instances), (2, 3));
     assert_eq!(study.modalities_in_study, "CT\\MR");
-    assert_eq!(study.size_bytes as usize, parts.iter().map(Vec::len).sum::<usize>());
+    assert_eq!(
+        study.size_bytes as usize,
+        parts.iter().map(Vec::len).sum::<usize>()
+    );
 }
 
 #[tokio::test]
@@ -113,7 +155,9 @@ async fn accepts_what_real_clients_send() {
     // Python dicomweb-client / OHIF: quoted boundary, leading CRLF, no final CRLF.
     let mut body = Vec::new();
     for p in [&a, &b] {
-        body.extend_from_slice(format!("\r\n--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("\r\n--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
         body.extend_from_slice(p);
     }
     body.extend_from_slice(format!("\r\n--{BOUNDARY}--").as_bytes());
@@ -125,32 +169,54 @@ async fn accepts_what_real_clients_send() {
     let mut body = Vec::new();
     for p in [&a, &b] {
         body.extend_from_slice(
-            format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\nContent-Length: {}\r\n\r\n", p.len()).as_bytes(),
+            format!(
+                "--{BOUNDARY}\r\nContent-Type: application/dicom\r\nContent-Length: {}\r\n\r\n",
+                p.len()
+            )
+            .as_bytes(),
         );
         body.extend_from_slice(p);
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{BOUNDARY}--").as_bytes());
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(997).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(997).map(|c| Ok(c.to_vec())).collect();
     let ct = format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}");
-    let (s, r) = post_raw(&app, &ct, Body::from_stream(futures_util::stream::iter(chunks))).await;
+    let (s, r) = post_raw(
+        &app,
+        &ct,
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+    .await;
     check(s, &r, "orthanc chunked");
 
     // curl examples: unquoted type before boundary; NUL junk after the closing delimiter (OHIF JS).
     let mut body = multipart(&[a.clone(), b.clone()]);
     body.extend_from_slice(&[0u8; 300]);
-    let (s, r) = post_raw(&app, &format!("multipart/related; boundary={BOUNDARY}; type=application/dicom"), Body::from(body)).await;
+    let (s, r) = post_raw(
+        &app,
+        &format!("multipart/related; boundary={BOUNDARY}; type=application/dicom"),
+        Body::from(body),
+    )
+    .await;
     check(s, &r, "curl + junk");
 
     // No `type` parameter, parts with lower-case headers only.
     let mut body = Vec::new();
     for p in [&a, &b] {
-        body.extend_from_slice(format!("--{BOUNDARY}\r\ncontent-type: application/dicom\r\n\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("--{BOUNDARY}\r\ncontent-type: application/dicom\r\n\r\n").as_bytes(),
+        );
         body.extend_from_slice(p);
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{BOUNDARY}--").as_bytes());
-    let (s, r) = post_raw(&app, &format!("multipart/related;boundary={BOUNDARY}"), Body::from(body)).await;
+    let (s, r) = post_raw(
+        &app,
+        &format!("multipart/related;boundary={BOUNDARY}"),
+        Body::from(body),
+    )
+    .await;
     check(s, &r, "minimal");
     assert_eq!(n, 4);
     assert_eq!(app.instance_count().await, 2, "re-sends are no-ops");
@@ -178,7 +244,11 @@ async fn each_bad_part_is_one_failure_item() {
     let cases: Vec<(&str, Vec<u8>, u64)> = vec![
         ("not dicom", b"hello, this is not DICOM".to_vec(), 0xC000),
         ("truncated", truncated, 0xC000),
-        ("missing series uid", part10(missing, "1.2.826.0.1.3680043.8.498.1.1.4"), 0xA900),
+        (
+            "missing series uid",
+            part10(missing, "1.2.826.0.1.3680043.8.498.1.1.4"),
+            0xA900,
+        ),
         ("uid with path", with_uid("1.2.3/../x"), 0xA900),
         ("uid too long", with_uid(&"1.2".repeat(30)), 0xA900),
         ("uid with letters", with_uid("1.2.abc"), 0xA900),
@@ -187,19 +257,33 @@ async fn each_bad_part_is_one_failure_item() {
     for (label, bad, code) in cases {
         // alone: 400 or 409, nothing stored
         let app = TestApp::new().await;
-        let (status, resp) = app.stow("/dicom-web/studies", multipart(&[bad.clone()])).await;
-        let expected = if code == 0xC000 { StatusCode::BAD_REQUEST } else { StatusCode::CONFLICT };
+        let (status, resp) = app.stow("/dicom-web/studies", multipart(&[&bad])).await;
+        let expected = if code == 0xC000 {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::CONFLICT
+        };
         assert_eq!(status, expected, "{label}: {resp}");
         assert_eq!(failure_reasons(&resp), vec![code], "{label}");
-        assert!(resp["00081198"]["Value"][0]["00000902"]["Value"][0].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(
+            resp["00081198"]["Value"][0]["00000902"]["Value"][0]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        );
         assert_nothing_stored(&app).await;
         assert_eq!(app.spool_files(), 0, "{label}: spool cleaned");
 
         // next to a good part: 202, the good one stored
-        let (status, resp) = app.stow("/dicom-web/studies", multipart(&[bad, good.clone()])).await;
+        let (status, resp) = app
+            .stow("/dicom-web/studies", multipart(&[bad, good.clone()]))
+            .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{label}: {resp}");
         assert_eq!(failure_reasons(&resp), vec![code], "{label}");
-        assert_eq!(referenced(&resp), vec!["1.2.826.0.1.3680043.8.498.1.1.100"], "{label}");
+        assert_eq!(
+            referenced(&resp),
+            vec!["1.2.826.0.1.3680043.8.498.1.1.100"],
+            "{label}"
+        );
         assert_eq!(app.instance_count().await, 1, "{label}");
         assert_eq!(app.blob_files().len(), 1, "{label}");
     }
@@ -208,7 +292,8 @@ async fn each_bad_part_is_one_failure_item() {
 #[tokio::test]
 async fn a_part_of_another_media_type_fails_alone() {
     let app = TestApp::new().await;
-    let mut body = format!("--{BOUNDARY}\r\nContent-Type: application/dicom+json\r\n\r\n{{}}\r\n").into_bytes();
+    let mut body = format!("--{BOUNDARY}\r\nContent-Type: application/dicom+json\r\n\r\n{{}}\r\n")
+        .into_bytes();
     body.extend_from_slice(&multipart(&[synth(1).bytes()]));
     let (status, resp) = app.stow("/dicom-web/studies", body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
@@ -230,7 +315,11 @@ async fn parts_the_parser_cannot_read_are_reported() {
     }
     body.extend_from_slice(format!("--{BOUNDARY}--").as_bytes());
     let (status, resp) = app.stow("/dicom-web/studies", body).await;
-    assert_eq!(referenced(&resp).len() + failure_reasons(&resp).len(), 2, "{resp}");
+    assert_eq!(
+        referenced(&resp).len() + failure_reasons(&resp).len(),
+        2,
+        "{resp}"
+    );
     assert_ne!(status, StatusCode::OK, "{resp}");
 
     let mut body = multipart(&[a.clone(), b.clone()]);
@@ -262,12 +351,26 @@ async fn malformed_requests_are_rejected_whole() {
     let (s, r) = post_raw(&app, "application/dicom", body()).await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{r}");
     assert_eq!(r["error"]["code"], "unsupported_media_type");
-    let (s, _) = post_raw(&app, "multipart/related; type=\"application/dicom+xml\"; boundary=x", body()).await;
+    let (s, _) = post_raw(
+        &app,
+        "multipart/related; type=\"application/dicom+xml\"; boundary=x",
+        body(),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let (s, r) = post_raw(&app, "multipart/related; type=\"application/dicom\"", body()).await;
+    let (s, r) = post_raw(
+        &app,
+        "multipart/related; type=\"application/dicom\"",
+        body(),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{r}");
     let req = Request::post("/dicom-web/studies").body(body()).unwrap();
-    assert_eq!(app.request(req).await.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "no Content-Type");
+    assert_eq!(
+        app.request(req).await.status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "no Content-Type"
+    );
     let ct = format!("multipart/related; boundary={BOUNDARY}");
     let (s, r) = post_raw(&app, &ct, Body::from("no delimiter anywhere")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{r}");
@@ -284,9 +387,15 @@ async fn bodies_over_the_limit_are_413() {
     let (status, resp) = app.stow("/dicom-web/studies", big.clone()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{resp}");
     // chunked: no Content-Length, the limit applies while streaming
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(1000).map(|c| Ok(c.to_vec())).collect();
     let ct = format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}");
-    let (status, _) = post_raw(&app, &ct, Body::from_stream(futures_util::stream::iter(chunks))).await;
+    let (status, _) = post_raw(
+        &app,
+        &ct,
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_nothing_stored(&app).await;
     assert_eq!(app.spool_files(), 0);
@@ -295,60 +404,106 @@ async fn bodies_over_the_limit_are_413() {
 #[tokio::test]
 async fn study_in_the_url_must_match() {
     let app = TestApp::new().await;
-    let (status, resp) = app.stow(&format!("/dicom-web/studies/{STUDY}"), multipart(&[synth(1).bytes()])).await;
+    let (status, resp) = app
+        .stow(
+            &format!("/dicom-web/studies/{STUDY}"),
+            multipart(&[synth(1).bytes()]),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{resp}");
-    let (status, resp) = app.stow("/dicom-web/studies/1.2.3.4", multipart(&[synth(2).bytes()])).await;
+    let (status, resp) = app
+        .stow("/dicom-web/studies/1.2.3.4", multipart(&[synth(2).bytes()]))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{resp}");
     assert_eq!(failure_reasons(&resp), vec![0xA900]);
-    assert_eq!(resp["00081198"]["Value"][0]["00081155"]["Value"][0], "1.2.826.0.1.3680043.8.498.1.1.2");
+    assert_eq!(
+        resp["00081198"]["Value"][0]["00081155"]["Value"][0],
+        "1.2.826.0.1.3680043.8.498.1.1.2"
+    );
     assert_eq!(app.instance_count().await, 1);
-    let (status, _) = app.stow("/dicom-web/studies/1.2.x", multipart(&[synth(2).bytes()])).await;
+    let (status, _) = app
+        .stow("/dicom-web/studies/1.2.x", multipart(&[synth(2).bytes()]))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "malformed UID in the URL");
 }
 
 #[tokio::test]
 async fn a_series_cannot_move_to_another_study() {
     let app = TestApp::new().await;
-    app.stow("/dicom-web/studies", multipart(&[synth(1).bytes()])).await;
-    let other = Synth::new("1.2.826.0.1.3680043.8.498.9", SERIES, "1.2.826.0.1.3680043.8.498.9.1");
-    let (status, resp) = app.stow("/dicom-web/studies", multipart(&[other.bytes()])).await;
+    app.stow("/dicom-web/studies", multipart(&[synth(1).bytes()]))
+        .await;
+    let other = Synth::new(
+        "1.2.826.0.1.3680043.8.498.9",
+        SERIES,
+        "1.2.826.0.1.3680043.8.498.9.1",
+    );
+    let (status, resp) = app
+        .stow("/dicom-web/studies", multipart(&[other.bytes()]))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{resp}");
     assert_eq!(failure_reasons(&resp), vec![0xA900]);
     assert_eq!(app.instance_count().await, 1);
     assert_eq!(app.blob_files().len(), 1);
-    assert_eq!(app.scalar("SELECT COUNT(*) AS n FROM studies").await, 1, "no empty study left behind");
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) AS n FROM studies").await,
+        1,
+        "no empty study left behind"
+    );
 }
 
 #[tokio::test]
 async fn identical_resend_is_a_noop_and_a_different_object_is_rejected() {
     let app = TestApp::new().await;
     let first = synth(1).bytes();
-    assert_eq!(app.stow("/dicom-web/studies", multipart(&[first.clone()])).await.0, StatusCode::OK);
-    let (status, resp) = app.stow("/dicom-web/studies", multipart(&[first.clone()])).await;
+    assert_eq!(
+        app.stow("/dicom-web/studies", multipart(&[&first])).await.0,
+        StatusCode::OK
+    );
+    let (status, resp) = app.stow("/dicom-web/studies", multipart(&[&first])).await;
     assert_eq!(status, StatusCode::OK, "retry succeeds: {resp}");
     assert_eq!(referenced(&resp).len(), 1);
-    let (status, resp) = app.stow("/dicom-web/studies", multipart(&[synth(1).fill(99).bytes()])).await;
+    let (status, resp) = app
+        .stow(
+            "/dicom-web/studies",
+            multipart(&[synth(1).fill(99).bytes()]),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{resp}");
     assert_eq!(failure_reasons(&resp), vec![0x0111]);
     assert_eq!(app.instance_count().await, 1);
     let blobs = app.blob_files();
     assert_eq!(blobs.len(), 1);
-    assert_eq!(std::fs::read(&blobs[0]).unwrap(), first, "the stored object is unchanged");
-    assert_eq!(app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await, 0);
+    assert_eq!(
+        std::fs::read(&blobs[0]).unwrap(),
+        first,
+        "the stored object is unchanged"
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
+        0
+    );
 }
 
 #[tokio::test]
 async fn overwrite_policy_replaces_the_object() {
-    let app = TestApp::builder().duplicate_policy(DuplicatePolicy::Overwrite).build().await;
-    app.stow("/dicom-web/studies", multipart(&[synth(1).bytes()])).await;
+    let app = TestApp::builder()
+        .duplicate_policy(DuplicatePolicy::Overwrite)
+        .build()
+        .await;
+    app.stow("/dicom-web/studies", multipart(&[synth(1).bytes()]))
+        .await;
     let second = synth(1).fill(99).bytes();
-    let (status, resp) = app.stow("/dicom-web/studies", multipart(&[second.clone()])).await;
+    let (status, resp) = app.stow("/dicom-web/studies", multipart(&[&second])).await;
     assert_eq!(status, StatusCode::OK, "{resp}");
     assert_eq!(app.instance_count().await, 1);
     let blobs = app.blob_files();
     assert_eq!(blobs.len(), 1, "the replaced blob is deleted");
     assert_eq!(std::fs::read(&blobs[0]).unwrap(), second);
-    assert_eq!(app.scalar("SELECT number_of_instances AS n FROM studies").await, 1);
+    assert_eq!(
+        app.scalar("SELECT number_of_instances AS n FROM studies")
+            .await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -362,7 +517,10 @@ async fn concurrent_uploads_of_one_instance_leave_one_row_and_one_blob() {
             tokio::spawn(async move {
                 use tower::ServiceExt;
                 let req = Request::post("/dicom-web/studies")
-                    .header("content-type", format!("multipart/related; type=application/dicom; boundary={BOUNDARY}"))
+                    .header(
+                        "content-type",
+                        format!("multipart/related; type=application/dicom; boundary={BOUNDARY}"),
+                    )
                     .body(Body::from(body))
                     .unwrap();
                 router.oneshot(req).await.unwrap().status()
@@ -374,8 +532,15 @@ async fn concurrent_uploads_of_one_instance_leave_one_row_and_one_blob() {
     }
     assert_eq!(app.instance_count().await, 1);
     assert_eq!(app.blob_files().len(), 1, "no orphan blob");
-    assert_eq!(app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await, 0);
-    assert_eq!(app.scalar("SELECT number_of_instances AS n FROM studies").await, 1);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
+        0
+    );
+    assert_eq!(
+        app.scalar("SELECT number_of_instances AS n FROM studies")
+            .await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -388,7 +553,10 @@ async fn concurrent_different_objects_under_one_uid_store_exactly_one() {
             tokio::spawn(async move {
                 use tower::ServiceExt;
                 let req = Request::post("/dicom-web/studies")
-                    .header("content-type", format!("multipart/related; boundary={BOUNDARY}"))
+                    .header(
+                        "content-type",
+                        format!("multipart/related; boundary={BOUNDARY}"),
+                    )
                     .body(Body::from(body))
                     .unwrap();
                 router.oneshot(req).await.unwrap().status()
@@ -399,8 +567,19 @@ async fn concurrent_different_objects_under_one_uid_store_exactly_one() {
     for t in tasks {
         statuses.push(t.await.unwrap());
     }
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(), 5, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        5,
+        "{statuses:?}"
+    );
     assert_eq!(app.instance_count().await, 1);
     assert_eq!(app.blob_files().len(), 1);
 }
@@ -408,32 +587,64 @@ async fn concurrent_different_objects_under_one_uid_store_exactly_one() {
 #[tokio::test]
 async fn tenant_urls_and_retrieve_url_origins() {
     let app = TestApp::new().await;
-    let (status, resp) = app.stow("/tenants/default/dicom-web/studies", multipart(&[synth(1).bytes()])).await;
+    let (status, resp) = app
+        .stow(
+            "/tenants/default/dicom-web/studies",
+            multipart(&[synth(1).bytes()]),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(resp["00081190"]["Value"][0].as_str().unwrap().starts_with("http://127.0.0.1:8080/tenants/default/dicom-web/studies/"));
-    let (status, _) = app.stow("/tenants/hosp_0000000000000000/dicom-web/studies", multipart(&[synth(2).bytes()])).await;
+    assert!(
+        resp["00081190"]["Value"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:8080/tenants/default/dicom-web/studies/")
+    );
+    let (status, _) = app
+        .stow(
+            "/tenants/hosp_0000000000000000/dicom-web/studies",
+            multipart(&[synth(2).bytes()]),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(app.instance_count().await, 1);
 
     // a Host without its port is not trusted: relative URL
     let req = Request::post("/dicom-web/studies")
-        .header("content-type", format!("multipart/related; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/related; boundary={BOUNDARY}"),
+        )
         .header("host", "127.0.0.1")
         .body(Body::from(multipart(&[synth(3).bytes()])))
         .unwrap();
     let resp = json_body(app.request(req).await).await;
-    assert_eq!(resp["00081190"]["Value"][0], format!("/dicom-web/studies/{STUDY}"));
+    assert_eq!(
+        resp["00081190"]["Value"][0],
+        format!("/dicom-web/studies/{STUDY}")
+    );
 
-    let app = TestApp::builder().public_url("https://pacs.example.org/").build().await;
-    let (_, resp) = app.stow("/dicom-web/studies", multipart(&[synth(1).bytes()])).await;
-    assert_eq!(resp["00081190"]["Value"][0], format!("https://pacs.example.org/dicom-web/studies/{STUDY}"));
+    let app = TestApp::builder()
+        .public_url("https://pacs.example.org/")
+        .build()
+        .await;
+    let (_, resp) = app
+        .stow("/dicom-web/studies", multipart(&[synth(1).bytes()]))
+        .await;
+    assert_eq!(
+        resp["00081190"]["Value"][0],
+        format!("https://pacs.example.org/dicom-web/studies/{STUDY}")
+    );
 }
 
 #[tokio::test]
 async fn response_content_type_is_exactly_dicom_json() {
     let app = TestApp::new().await;
     let req = Request::post("/dicom-web/studies")
-        .header("content-type", format!("multipart/related; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/related; boundary={BOUNDARY}"),
+        )
         .body(Body::from(multipart(&[synth(1).bytes()])))
         .unwrap();
     let resp = app.request(req).await;
@@ -443,31 +654,58 @@ async fn response_content_type_is_exactly_dicom_json() {
 #[tokio::test]
 async fn orphan_blobs_of_an_interrupted_ingest_are_swept() {
     let app = TestApp::new().await;
-    app.stow("/dicom-web/studies", multipart(&[synth(1).bytes()])).await;
+    app.stow("/dicom-web/studies", multipart(&[synth(1).bytes()]))
+        .await;
     // A crash between writing a blob and indexing it leaves a journaled blob.
-    let orphan = app.dir.path().join("blobs/default/1.2.3/1.2.3.4/1.2.3.4.5.deadbeef.dcm");
+    let orphan = app
+        .dir
+        .path()
+        .join("blobs/default/1.2.3/1.2.3.4/1.2.3.4.5.deadbeef.dcm");
     std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
     std::fs::write(&orphan, b"half an upload").unwrap();
-    app.state.archive.db.add_pending_blob("default/1.2.3/1.2.3.4/1.2.3.4.5.deadbeef.dcm").await.unwrap();
+    app.state
+        .archive
+        .db
+        .add_pending_blob("default/1.2.3/1.2.3.4/1.2.3.4.5.deadbeef.dcm")
+        .await
+        .unwrap();
     // and an interrupted spool file
     std::fs::write(app.dir.path().join("spool/abandoned.part"), b"x").unwrap();
 
-    let young = app.state.archive.sweep_orphans(std::time::Duration::from_secs(3600)).await.unwrap();
-    assert_eq!(young, 0, "entries younger than the age are left alone (another replica may be writing)");
+    let young = app
+        .state
+        .archive
+        .sweep_orphans(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        young, 0,
+        "entries younger than the age are left alone (another replica may be writing)"
+    );
     assert!(orphan.exists());
-    let removed = app.state.archive.sweep_orphans(std::time::Duration::ZERO).await.unwrap();
+    let removed = app
+        .state
+        .archive
+        .sweep_orphans(std::time::Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(removed, 1);
     assert!(!orphan.exists());
     assert_eq!(app.spool_files(), 0);
     assert_eq!(app.blob_files().len(), 1, "the indexed blob is kept");
-    assert_eq!(app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await, 0);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
+        0
+    );
 }
 
 #[tokio::test]
 async fn health_probes() {
     let app = TestApp::new().await;
     for path in ["/healthz", "/readyz"] {
-        let resp = app.request(Request::get(path).body(Body::empty()).unwrap()).await;
+        let resp = app
+            .request(Request::get(path).body(Body::empty()).unwrap())
+            .await;
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
     }
 }

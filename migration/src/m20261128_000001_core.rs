@@ -56,6 +56,10 @@ enum Studies {
 }
 
 #[derive(DeriveIden, Clone, Copy)]
+#[expect(
+    clippy::enum_variant_names,
+    reason = "the columns are named after DICOM attributes"
+)]
 enum Series {
     Table,
     Id,
@@ -243,20 +247,92 @@ impl MigrationTrait for Migration {
         .await?;
 
         // Unique keys: always (hospital, UID).
-        unique(m, "ux_studies_hospital_uid", Studies::Table, &[Studies::HospitalId, Studies::StudyUid]).await?;
-        unique(m, "ux_series_hospital_uid", Series::Table, &[Series::HospitalId, Series::SeriesUid]).await?;
-        unique(m, "ux_instances_hospital_uid", Instances::Table, &[Instances::HospitalId, Instances::SopUid]).await?;
+        unique(
+            m,
+            "ux_studies_hospital_uid",
+            Studies::Table,
+            &[Studies::HospitalId, Studies::StudyUid],
+        )
+        .await?;
+        unique(
+            m,
+            "ux_series_hospital_uid",
+            Series::Table,
+            &[Series::HospitalId, Series::SeriesUid],
+        )
+        .await?;
+        unique(
+            m,
+            "ux_instances_hospital_uid",
+            Instances::Table,
+            &[Instances::HospitalId, Instances::SopUid],
+        )
+        .await?;
 
         // Lookups by parent, and the search keys every QIDO level filters on.
-        index(m, "ix_series_study", Series::Table, &[Series::StudyId, Series::SeriesNumber]).await?;
-        index(m, "ix_instances_series", Instances::Table, &[Instances::SeriesId, Instances::InstanceNumber]).await?;
-        index(m, "ix_instances_study", Instances::Table, &[Instances::StudyId]).await?;
-        index(m, "ix_pending_created", PendingBlobs::Table, &[PendingBlobs::CreatedAt]).await?;
-        index(m, "ix_studies_received", Studies::Table, &[Studies::HospitalId, Studies::ReceivedAt]).await?;
-        index(m, "ix_studies_pn", Studies::Table, &[Studies::HospitalId, Studies::PatientNameNorm]).await?;
-        index(m, "ix_studies_pid", Studies::Table, &[Studies::HospitalId, Studies::PatientId]).await?;
-        index(m, "ix_studies_date", Studies::Table, &[Studies::HospitalId, Studies::StudyDate]).await?;
-        index(m, "ix_studies_accession", Studies::Table, &[Studies::HospitalId, Studies::AccessionNumber]).await?;
+        index(
+            m,
+            "ix_series_study",
+            Series::Table,
+            &[Series::StudyId, Series::SeriesNumber],
+        )
+        .await?;
+        index(
+            m,
+            "ix_instances_series",
+            Instances::Table,
+            &[Instances::SeriesId, Instances::InstanceNumber],
+        )
+        .await?;
+        index(
+            m,
+            "ix_instances_study",
+            Instances::Table,
+            &[Instances::StudyId],
+        )
+        .await?;
+        index(
+            m,
+            "ix_pending_created",
+            PendingBlobs::Table,
+            &[PendingBlobs::CreatedAt],
+        )
+        .await?;
+        index(
+            m,
+            "ix_studies_received",
+            Studies::Table,
+            &[Studies::HospitalId, Studies::ReceivedAt],
+        )
+        .await?;
+        index(
+            m,
+            "ix_studies_pn",
+            Studies::Table,
+            &[Studies::HospitalId, Studies::PatientNameNorm],
+        )
+        .await?;
+        index(
+            m,
+            "ix_studies_pid",
+            Studies::Table,
+            &[Studies::HospitalId, Studies::PatientId],
+        )
+        .await?;
+        index(
+            m,
+            "ix_studies_date",
+            Studies::Table,
+            &[Studies::HospitalId, Studies::StudyDate],
+        )
+        .await?;
+        index(
+            m,
+            "ix_studies_accession",
+            Studies::Table,
+            &[Studies::HospitalId, Studies::AccessionNumber],
+        )
+        .await?;
         Ok(())
     }
 

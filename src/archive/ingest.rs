@@ -74,7 +74,12 @@ pub enum PartOutcome {
 
 impl PartOutcome {
     pub fn failed(reason: FailureReason, comment: impl Into<String>) -> Self {
-        PartOutcome::Failed(FailedInstance { sop_class_uid: None, sop_instance_uid: None, reason, comment: comment.into() })
+        PartOutcome::Failed(FailedInstance {
+            sop_class_uid: None,
+            sop_instance_uid: None,
+            reason,
+            comment: comment.into(),
+        })
     }
 }
 
@@ -85,7 +90,9 @@ impl From<&InspectError> for FailureReason {
                 FailureReason::CannotUnderstand
             }
             InspectError::UnsupportedTransferSyntax(_) => FailureReason::TransferSyntaxNotSupported,
-            InspectError::MissingAttribute(_) | InspectError::InvalidUid(..) => FailureReason::DataSetMismatch,
+            InspectError::MissingAttribute(_) | InspectError::InvalidUid(..) => {
+                FailureReason::DataSetMismatch
+            }
         }
     }
 }
@@ -93,12 +100,22 @@ impl From<&InspectError> for FailureReason {
 impl Archive {
     /// Store one received Part-10 file for the hospital of `scope`.
     /// `expected_study` is the study of a `POST /studies/{study}` URL.
-    pub async fn ingest(&self, scope: &HospitalDb, file: SpoolFile, expected_study: Option<&Uid>) -> PartOutcome {
+    pub async fn ingest(
+        &self,
+        scope: &HospitalDb,
+        file: SpoolFile,
+        expected_study: Option<&Uid>,
+    ) -> PartOutcome {
         let path = file.path().to_owned();
         let inspected = match tokio::task::spawn_blocking(move || inspect_file(&path)).await {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => return PartOutcome::failed(FailureReason::from(&e), e.to_string()),
-            Err(_) => return PartOutcome::failed(FailureReason::CannotUnderstand, "the data set cannot be parsed"),
+            Err(_) => {
+                return PartOutcome::failed(
+                    FailureReason::CannotUnderstand,
+                    "the data set cannot be parsed",
+                );
+            }
         };
         let stored = StoredInstance {
             sop_class_uid: inspected.sop_class_uid.clone(),
@@ -117,11 +134,17 @@ impl Archive {
         if let Some(expected) = expected_study
             && *expected != inspected.study_uid
         {
-            return fail(FailureReason::StudyConflict, "StudyInstanceUID does not match the study of the request URL");
+            return fail(
+                FailureReason::StudyConflict,
+                "StudyInstanceUID does not match the study of the request URL",
+            );
         }
 
         // A retry of an instance already stored: nothing to write.
-        match scope.instance_sha256(inspected.sop_instance_uid.as_str()).await {
+        match scope
+            .instance_sha256(inspected.sop_instance_uid.as_str())
+            .await
+        {
             Ok(Some(sha)) if sha == file.sha256 => return PartOutcome::Stored(stored),
             Ok(_) => {}
             Err(e) => {
@@ -130,7 +153,12 @@ impl Archive {
             }
         }
 
-        let key = BlobKey::new_instance(&scope.hospital().id, &stored.study_uid, &stored.series_uid, &stored.sop_instance_uid);
+        let key = BlobKey::new_instance(
+            &scope.hospital().id,
+            &stored.study_uid,
+            &stored.series_uid,
+            &stored.sop_instance_uid,
+        );
         if let Err(e) = self.db.add_pending_blob(key.as_str()).await {
             tracing::error!(error = %e, "could not journal a blob");
             return fail(FailureReason::ProcessingFailure, "the index is unavailable");
@@ -139,9 +167,17 @@ impl Archive {
         if let Err(e) = self.store.put(&key, file).await {
             tracing::error!(error = %e, "could not store a blob");
             self.discard_blob(&key).await;
-            return fail(FailureReason::ProcessingFailure, "the blob store is unavailable");
+            return fail(
+                FailureReason::ProcessingFailure,
+                "the blob store is unavailable",
+            );
         }
-        let new = NewInstance { inspected: &inspected, blob_key: key.as_str().to_owned(), size_bytes, sha256 };
+        let new = NewInstance {
+            inspected: &inspected,
+            blob_key: key.as_str().to_owned(),
+            size_bytes,
+            sha256,
+        };
         match scope.index_instance(&new, self.duplicate_policy).await {
             Ok(Ok(Indexed::Stored)) => PartOutcome::Stored(stored),
             Ok(Ok(Indexed::Identical)) => {
@@ -155,9 +191,10 @@ impl Archive {
             Ok(Err(conflict)) => {
                 self.discard_blob(&key).await;
                 match conflict {
-                    IndexConflict::SeriesInOtherStudy => {
-                        fail(FailureReason::StudyConflict, "the series already belongs to another study")
-                    }
+                    IndexConflict::SeriesInOtherStudy => fail(
+                        FailureReason::StudyConflict,
+                        "the series already belongs to another study",
+                    ),
                     IndexConflict::DifferentObject => fail(
                         FailureReason::DuplicateInstance,
                         "a different object is already stored under this SOP Instance UID",

@@ -54,7 +54,9 @@ impl Archive {
             Ok(()) => {
                 let _ = self.db.remove_pending_blob(key.as_str()).await;
             }
-            Err(e) => tracing::warn!(error = %e, "could not delete a superseded blob; the sweeper will"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not delete a superseded blob; the sweeper will")
+            }
         }
     }
 }

@@ -17,11 +17,17 @@ pub struct Tenant(pub HospitalDb);
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::BadRequest("malformed path".into()))?;
-        let id = params.iter().find(|(k, _)| *k == "hospital_id").map_or(DEFAULT_HOSPITAL, |(_, v)| v);
+        let id = params
+            .iter()
+            .find(|(k, _)| *k == "hospital_id")
+            .map_or(DEFAULT_HOSPITAL, |(_, v)| v);
         let hospital = match state.archive.db.find_hospital(id).await {
             Ok(h) => h,
             Err(DbError::NotFound) => return Err(ApiError::NotFound),

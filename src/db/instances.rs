@@ -10,8 +10,8 @@
 use entity::{instance, pending_blob, series, study};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    QueryFilter, SqlErr, Statement, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
+    EntityTrait, QueryFilter, SqlErr, Statement, TransactionTrait,
 };
 use serde_json::{Map, Value};
 
@@ -135,7 +135,11 @@ impl HospitalDb {
             ..Default::default()
         };
         study::Entity::insert(am)
-            .on_conflict(OnConflict::columns([study::Column::HospitalId, study::Column::StudyUid]).do_nothing().to_owned())
+            .on_conflict(
+                OnConflict::columns([study::Column::HospitalId, study::Column::StudyUid])
+                    .do_nothing()
+                    .to_owned(),
+            )
             .exec_without_returning(txn)
             .await?;
         let study_pk = study::Entity::find()
@@ -145,7 +149,12 @@ impl HospitalDb {
             .await?
             .ok_or_else(|| sea_orm::DbErr::RecordNotFound("study just upserted".into()))?
             .id;
-        exec(txn, "UPDATE studies SET updated_at = $1 WHERE id = $2", vec![now.into(), study_pk.into()]).await?;
+        exec(
+            txn,
+            "UPDATE studies SET updated_at = $1 WHERE id = $2",
+            vec![now.into(), study_pk.into()],
+        )
+        .await?;
 
         // Series.
         let r = &ins.series;
@@ -166,7 +175,11 @@ impl HospitalDb {
             ..Default::default()
         };
         series::Entity::insert(am)
-            .on_conflict(OnConflict::columns([series::Column::HospitalId, series::Column::SeriesUid]).do_nothing().to_owned())
+            .on_conflict(
+                OnConflict::columns([series::Column::HospitalId, series::Column::SeriesUid])
+                    .do_nothing()
+                    .to_owned(),
+            )
             .exec_without_returning(txn)
             .await?;
         let series_row = series::Entity::find()
@@ -185,9 +198,15 @@ impl HospitalDb {
             .filter(instance::Column::SopUid.eq(ins.sop_instance_uid.as_str()))
             .one(txn)
             .await?;
-        let frames = ins.frames.as_ref().map(|f| serde_json::to_string(f).unwrap_or_default());
-        let bulk: Map<String, Value> =
-            ins.bulk.iter().map(|(path, (o, l))| (path.clone(), serde_json::json!([o, l]))).collect();
+        let frames = ins
+            .frames
+            .as_ref()
+            .map(|f| serde_json::to_string(f).unwrap_or_default());
+        let bulk: Map<String, Value> = ins
+            .bulk
+            .iter()
+            .map(|(path, (o, l))| (path.clone(), serde_json::json!([o, l])))
+            .collect();
         let fill = |am: &mut instance::ActiveModel| {
             am.hospital_id = Set(h);
             am.study_id = Set(study_pk);
@@ -212,7 +231,9 @@ impl HospitalDb {
         };
         let outcome = match existing {
             Some(old) if old.sha256 == new.sha256 => return Ok(Ok(Indexed::Identical)),
-            Some(_) if policy == DuplicatePolicy::Reject => return Ok(Err(IndexConflict::DifferentObject)),
+            Some(_) if policy == DuplicatePolicy::Reject => {
+                return Ok(Err(IndexConflict::DifferentObject));
+            }
             Some(old) => {
                 let mut am: instance::ActiveModel = old.clone().into();
                 fill(&mut am);
@@ -220,12 +241,16 @@ impl HospitalDb {
                 if old.series_id != series_row.id {
                     recount(txn, old.study_id, old.series_id, now).await?;
                 }
-                Indexed::Replaced { old_blob: old.blob_key }
+                Indexed::Replaced {
+                    old_blob: old.blob_key,
+                }
             }
             None => {
                 let mut am = <instance::ActiveModel as Default>::default();
                 fill(&mut am);
-                instance::Entity::insert(am).exec_without_returning(txn).await?;
+                instance::Entity::insert(am)
+                    .exec_without_returning(txn)
+                    .await?;
                 Indexed::Stored
             }
         };
@@ -238,8 +263,17 @@ impl HospitalDb {
     }
 }
 
-async fn exec<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<sea_orm::Value>) -> Result<(), sea_orm::DbErr> {
-    c.execute_raw(Statement::from_sql_and_values(c.get_database_backend(), sql, values)).await?;
+async fn exec<C: ConnectionTrait>(
+    c: &C,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> Result<(), sea_orm::DbErr> {
+    c.execute_raw(Statement::from_sql_and_values(
+        c.get_database_backend(),
+        sql,
+        values,
+    ))
+    .await?;
     Ok(())
 }
 
@@ -257,7 +291,12 @@ pub(super) async fn recount<C: ConnectionTrait>(
         vec![series_pk.into()],
     )
     .await?;
-    exec(c, "DELETE FROM series WHERE id = $1 AND number_of_instances = 0", vec![series_pk.into()]).await?;
+    exec(
+        c,
+        "DELETE FROM series WHERE id = $1 AND number_of_instances = 0",
+        vec![series_pk.into()],
+    )
+    .await?;
     let modalities: Vec<String> = c
         .query_all_raw(Statement::from_sql_and_values(
             c.get_database_backend(),
@@ -279,6 +318,11 @@ pub(super) async fn recount<C: ConnectionTrait>(
         vec![study_pk.into(), modalities.join("\\").into(), now.into()],
     )
     .await?;
-    exec(c, "DELETE FROM studies WHERE id = $1 AND number_of_instances = 0", vec![study_pk.into()]).await?;
+    exec(
+        c,
+        "DELETE FROM studies WHERE id = $1 AND number_of_instances = 0",
+        vec![study_pk.into()],
+    )
+    .await?;
     Ok(())
 }

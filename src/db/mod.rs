@@ -11,8 +11,8 @@ use entity::hospital;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
-    DbErr, EntityTrait, QueryFilter, Statement,
+    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, QueryFilter, Statement,
 };
 
 mod instances;
@@ -53,7 +53,11 @@ pub struct Hospital {
 
 impl From<hospital::Model> for Hospital {
     fn from(m: hospital::Model) -> Self {
-        Hospital { pk: m.id, id: m.hospital_id, status: m.status }
+        Hospital {
+            pk: m.id,
+            id: m.hospital_id,
+            status: m.status,
+        }
     }
 }
 
@@ -86,7 +90,9 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.conn.execute_raw(Statement::from_string(self.backend(), "SELECT 1")).await?;
+        self.conn
+            .execute_raw(Statement::from_string(self.backend(), "SELECT 1"))
+            .await?;
         Ok(())
     }
 
@@ -111,7 +117,9 @@ impl Db {
         };
         let inserted = hospital::Entity::insert(am)
             .on_conflict(
-                sea_orm::sea_query::OnConflict::column(hospital::Column::HospitalId).do_nothing().to_owned(),
+                sea_orm::sea_query::OnConflict::column(hospital::Column::HospitalId)
+                    .do_nothing()
+                    .to_owned(),
             )
             .exec_without_returning(&self.conn)
             .await?;
@@ -130,7 +138,10 @@ impl Db {
     /// The handle scoped to one hospital. Crate-private: `auth` is the only
     /// caller, after it resolved who may act on which hospital.
     pub(crate) fn scoped(&self, hospital: Hospital) -> HospitalDb {
-        HospitalDb { db: self.clone(), hospital }
+        HospitalDb {
+            db: self.clone(),
+            hospital,
+        }
     }
 
     /// Record a blob about to be written (the crash journal).
@@ -141,7 +152,9 @@ impl Db {
             created_at: Set(now_millis()),
             ..Default::default()
         };
-        pending_blob::Entity::insert(am).exec_without_returning(&self.conn).await?;
+        pending_blob::Entity::insert(am)
+            .exec_without_returning(&self.conn)
+            .await?;
         Ok(())
     }
 

@@ -105,7 +105,9 @@ impl InspectError {
     /// FailureReason (0008,1197), PS3.18 Table I.2-2.
     pub fn failure_reason(&self) -> u16 {
         match self {
-            InspectError::NotDicom(_) | InspectError::Truncated | InspectError::Unparsable(_) => 0xC000,
+            InspectError::NotDicom(_) | InspectError::Truncated | InspectError::Unparsable(_) => {
+                0xC000
+            }
             InspectError::UnsupportedTransferSyntax(_) => 0xC122,
             InspectError::MissingAttribute(_) | InspectError::InvalidUid(..) => 0xA900,
         }
@@ -115,7 +117,8 @@ impl InspectError {
 /// Inspect a Part-10 file on disk. Never panics on malformed input: every
 /// length is checked against the file size before anything is allocated.
 pub fn inspect_file(path: &Path) -> Result<Inspected, InspectError> {
-    let file = File::open(path).map_err(|_| InspectError::Unparsable("spool file vanished".into()))?;
+    let file =
+        File::open(path).map_err(|_| InspectError::Unparsable("spool file vanished".into()))?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut reader = BufReader::with_capacity(64 * 1024, file);
 
@@ -129,10 +132,15 @@ pub fn inspect_file(path: &Path) -> Result<Inspected, InspectError> {
     } else {
         return Err(InspectError::NotDicom("no DICM prefix"));
     };
-    reader.seek(SeekFrom::Start(meta_start)).map_err(|_| InspectError::Truncated)?;
+    reader
+        .seek(SeekFrom::Start(meta_start))
+        .map_err(|_| InspectError::Truncated)?;
     let meta = FileMetaTable::from_reader(&mut reader)
         .map_err(|_| InspectError::NotDicom("the file meta information is malformed"))?;
-    let ts_uid = meta.transfer_syntax().trim_end_matches(['\0', ' ']).to_owned();
+    let ts_uid = meta
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' '])
+        .to_owned();
     let ts = TransferSyntaxRegistry
         .get(&ts_uid)
         .ok_or_else(|| InspectError::UnsupportedTransferSyntax(ts_uid.clone()))?;
@@ -181,7 +189,13 @@ pub fn inspect_file(path: &Path) -> Result<Inspected, InspectError> {
     let mut pixel_vr = None;
     if let Some(pixel) = &layout.pixel {
         number_of_frames = int("00280008").filter(|n| *n > 0).unwrap_or(1);
-        let native_frame_len = native_frame_len(rows, columns, samples, bits_allocated, photometric.as_deref());
+        let native_frame_len = native_frame_len(
+            rows,
+            columns,
+            samples,
+            bits_allocated,
+            photometric.as_deref(),
+        );
         let geo = FrameGeometry {
             number_of_frames: number_of_frames as u64,
             native_frame_len,
@@ -220,7 +234,11 @@ pub fn inspect_file(path: &Path) -> Result<Inspected, InspectError> {
         pps_start_time: text("00400245"),
     };
     let pick = |wanted: &dyn Fn(&str) -> bool| -> Map<String, Value> {
-        metadata.iter().filter(|(k, _)| wanted(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        metadata
+            .iter()
+            .filter(|(k, _)| wanted(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     };
     let study_json = pick(&|k| k.starts_with("0010") || STUDY_KEYS.contains(&k));
     let series_json = pick(&|k| SERIES_KEYS.contains(&k));
@@ -273,7 +291,11 @@ fn native_frame_len(
     let pixels = u64::try_from(rows?).ok()? * u64::try_from(columns?).ok()?;
     let bits = u64::try_from(bits_allocated?).ok()?;
     // YBR_FULL_422 stores two samples per pixel (Cb and Cr are shared).
-    let samples = if photometric == Some("YBR_FULL_422") { 2 } else { u64::try_from(samples).ok()? };
+    let samples = if photometric == Some("YBR_FULL_422") {
+        2
+    } else {
+        u64::try_from(samples).ok()?
+    };
     let total_bits = pixels * samples * bits;
     (total_bits % 8 == 0).then_some(total_bits / 8)
 }
@@ -299,5 +321,8 @@ fn codestream_starts_at(file: &mut File, offset: u64) -> bool {
     if file.seek(SeekFrom::Start(offset)).is_err() || file.read_exact(&mut b).is_err() {
         return false;
     }
-    matches!(b, [0xFF, 0xD8, ..] | [0xFF, 0x4F, ..] | [0x00, 0x00, 0x00, 0x0C])
+    matches!(
+        b,
+        [0xFF, 0xD8, ..] | [0xFF, 0x4F, ..] | [0x00, 0x00, 0x00, 0x0C]
+    )
 }

@@ -20,7 +20,11 @@ pub fn dataset_to_json(obj: &InMemDicomObject, bulk: &HashSet<String>) -> Map<St
     walk(obj, bulk, &mut parents)
 }
 
-fn walk(obj: &InMemDicomObject, bulk: &HashSet<String>, parents: &mut Vec<(Tag, usize)>) -> Map<String, Value> {
+fn walk(
+    obj: &InMemDicomObject,
+    bulk: &HashSet<String>,
+    parents: &mut Vec<(Tag, usize)>,
+) -> Map<String, Value> {
     let mut out = Map::new();
     for elem in obj {
         let tag = elem.tag();
@@ -42,7 +46,11 @@ fn walk(obj: &InMemDicomObject, bulk: &HashSet<String>, parents: &mut Vec<(Tag, 
                         v
                     })
                     .collect();
-                if items.is_empty() { json!({"vr": "SQ"}) } else { json!({"vr": "SQ", "Value": items}) }
+                if items.is_empty() {
+                    json!({"vr": "SQ"})
+                } else {
+                    json!({"vr": "SQ", "Value": items})
+                }
             }
             DicomValue::PixelSequence(_) => bulk_ref(elem.vr(), element_path(parents, tag)),
             DicomValue::Primitive(_) => {
@@ -81,7 +89,10 @@ fn numbers_for_decimal_strings(vr: VR, mut v: Value) -> Value {
             let number = if vr == VR::IS {
                 s.parse::<i64>().ok().map(Value::from)
             } else {
-                s.parse::<f64>().ok().filter(|f| f.is_finite()).map(Value::from)
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(Value::from)
             };
             match number {
                 Some(n) => *item = n,
@@ -109,7 +120,11 @@ pub fn first_string(json: &Map<String, Value>, key: &str) -> Option<String> {
 /// multi-value separator).
 pub fn all_strings(json: &Map<String, Value>, key: &str) -> Option<String> {
     let values = json.get(key)?.get("Value")?.as_array()?;
-    let joined: Vec<&str> = values.iter().filter_map(|v| v.as_str()).map(str::trim).collect();
+    let joined: Vec<&str> = values
+        .iter()
+        .filter_map(|v| v.as_str())
+        .map(str::trim)
+        .collect();
     let s = joined.join("\\");
     (!s.is_empty()).then_some(s)
 }
@@ -132,16 +147,38 @@ mod tests {
     #[test]
     fn decimal_strings_become_numbers_and_bulk_becomes_uri() {
         let mut obj = InMemDicomObject::new_empty();
-        obj.put(DataElement::new(tags::INSTANCE_NUMBER, VR::IS, dicom_value!(Str, " 12")));
-        obj.put(DataElement::new(tags::SLICE_THICKNESS, VR::DS, dicom_value!(Str, "5.000000")));
-        obj.put(DataElement::new(tags::PATIENT_NAME, VR::PN, dicom_value!(Str, "Doe^Jane")));
-        obj.put(DataElement::new(Tag(0x0009, 0x1010), VR::OB, PrimitiveValue::U8(vec![1; 2000].into())));
+        obj.put(DataElement::new(
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            dicom_value!(Str, " 12"),
+        ));
+        obj.put(DataElement::new(
+            tags::SLICE_THICKNESS,
+            VR::DS,
+            dicom_value!(Str, "5.000000"),
+        ));
+        obj.put(DataElement::new(
+            tags::PATIENT_NAME,
+            VR::PN,
+            dicom_value!(Str, "Doe^Jane"),
+        ));
+        obj.put(DataElement::new(
+            Tag(0x0009, 0x1010),
+            VR::OB,
+            PrimitiveValue::U8(vec![1; 2000].into()),
+        ));
         let bulk: HashSet<String> = ["00091010".to_owned()].into();
         let json = dataset_to_json(&obj, &bulk);
         assert_eq!(json["00200013"], json!({"vr": "IS", "Value": [12]}));
         assert_eq!(json["00180050"], json!({"vr": "DS", "Value": [5.0]}));
-        assert_eq!(json["00100010"], json!({"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}));
-        assert_eq!(json["00091010"], json!({"vr": "OB", "BulkDataURI": "00091010"}));
+        assert_eq!(
+            json["00100010"],
+            json!({"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]})
+        );
+        assert_eq!(
+            json["00091010"],
+            json!({"vr": "OB", "BulkDataURI": "00091010"})
+        );
         assert_eq!(first_string(&json, "00100010").as_deref(), Some("Doe^Jane"));
         assert_eq!(first_int(&json, "00200013"), Some(12));
     }

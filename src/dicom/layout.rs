@@ -41,7 +41,9 @@ impl PixelLayout {
     pub fn extent(&self) -> Range {
         match self {
             PixelLayout::Native { offset, length } => (*offset, *length),
-            PixelLayout::Encapsulated { start, fragments, .. } => {
+            PixelLayout::Encapsulated {
+                start, fragments, ..
+            } => {
                 let end = fragments.last().map_or(*start, |(o, l)| o + l);
                 (*start, end - start)
             }
@@ -66,7 +68,10 @@ pub enum LayoutError {
 }
 
 fn is_bulk_vr(vr: VR) -> bool {
-    matches!(vr, VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN)
+    matches!(
+        vr,
+        VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::UN
+    )
 }
 
 /// The path of an element inside nested sequences, as used in BulkDataURIs.
@@ -101,7 +106,11 @@ pub fn scan<R: Read + Seek>(
     while let Some(token) = reader.advance() {
         let token = token.map_err(|e| parse(&e))?;
         match token {
-            LazyDataToken::SequenceStart { tag, .. } => open.push(Open { tag, item: None, pixel: false }),
+            LazyDataToken::SequenceStart { tag, .. } => open.push(Open {
+                tag,
+                item: None,
+                pixel: false,
+            }),
             LazyDataToken::PixelSequenceStart => {
                 if open.is_empty() {
                     encapsulated = Some(PixelLayout::Encapsulated {
@@ -111,7 +120,11 @@ pub fn scan<R: Read + Seek>(
                         fragments: Vec::new(),
                     });
                 }
-                open.push(Open { tag: tags::PIXEL_DATA, item: None, pixel: true });
+                open.push(Open {
+                    tag: tags::PIXEL_DATA,
+                    item: None,
+                    pixel: true,
+                });
             }
             LazyDataToken::ItemStart { .. } => {
                 if let Some(top) = open.last_mut() {
@@ -131,49 +144,70 @@ pub fn scan<R: Read + Seek>(
                 }
                 let top_level = open.len() == 1 && open[0].pixel;
                 let item = open.last().and_then(|o| o.item).unwrap_or(0);
-                match (&mut encapsulated, top_level) {
-                    (Some(PixelLayout::Encapsulated { start, offset_table, fragments, first_item }), true) => {
-                        if item == 0 {
-                            // the Basic Offset Table
-                            *start = at - 8;
-                            let mut bytes = Vec::with_capacity(len as usize);
-                            LazyDataToken::LazyItemValue { len, decoder }
-                                .read_value_into(&mut bytes)
-                                .map_err(|e| parse(&e))?;
-                            *offset_table = bytes
-                                .chunks_exact(4)
-                                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                                .collect();
-                            continue;
-                        }
-                        if first_item.is_none() {
-                            *first_item = Some(at - 8);
-                        }
-                        fragments.push((at, u64::from(len)));
+                if let (
+                    Some(PixelLayout::Encapsulated {
+                        start,
+                        offset_table,
+                        fragments,
+                        first_item,
+                    }),
+                    true,
+                ) = (&mut encapsulated, top_level)
+                {
+                    if item == 0 {
+                        // the Basic Offset Table
+                        *start = at - 8;
+                        let mut bytes = Vec::with_capacity(len as usize);
+                        LazyDataToken::LazyItemValue { len, decoder }
+                            .read_value_into(&mut bytes)
+                            .map_err(|e| parse(&e))?;
+                        *offset_table = bytes
+                            .chunks_exact(4)
+                            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect();
+                        continue;
                     }
-                    _ => {}
+                    if first_item.is_none() {
+                        *first_item = Some(at - 8);
+                        if *start == 0 {
+                            // an empty Basic Offset Table: one bare item header before
+                            *start = at - 16;
+                        }
+                    }
+                    fragments.push((at, u64::from(len)));
                 }
-                LazyDataToken::LazyItemValue { len, decoder }.skip().map_err(|e| parse(&e))?;
+                LazyDataToken::LazyItemValue { len, decoder }
+                    .skip()
+                    .map_err(|e| parse(&e))?;
             }
             LazyDataToken::LazyValue { header, decoder } => {
                 let at = decoder.position();
                 let len = u64::from(header.len.0);
                 if header.len.is_undefined() {
-                    return Err(LayoutError::Parse("undefined length on a primitive value".into()));
+                    return Err(LayoutError::Parse(
+                        "undefined length on a primitive value".into(),
+                    ));
                 }
                 if at + len > file_len {
                     return Err(LayoutError::Truncated);
                 }
                 if header.tag == tags::PIXEL_DATA && open.is_empty() {
-                    layout.pixel = Some(PixelLayout::Native { offset: at, length: len });
+                    layout.pixel = Some(PixelLayout::Native {
+                        offset: at,
+                        length: len,
+                    });
                     break;
                 }
                 if is_bulk_vr(header.vr) && len > BULK_THRESHOLD {
                     let parents: Vec<(Tag, usize)> =
                         open.iter().map(|o| (o.tag, o.item.unwrap_or(0))).collect();
-                    layout.bulk.push((element_path(&parents, header.tag), (at, len)));
+                    layout
+                        .bulk
+                        .push((element_path(&parents, header.tag), (at, len)));
                 }
-                LazyDataToken::LazyValue { header, decoder }.skip().map_err(|e| parse(&e))?;
+                LazyDataToken::LazyValue { header, decoder }
+                    .skip()
+                    .map_err(|e| parse(&e))?;
             }
             _ => {}
         }
@@ -184,7 +218,9 @@ pub fn scan<R: Read + Seek>(
             return Err(LayoutError::Truncated);
         }
         if *start == 0 {
-            return Err(LayoutError::Parse("encapsulated pixel data without items".into()));
+            return Err(LayoutError::Parse(
+                "encapsulated pixel data without items".into(),
+            ));
         }
     }
     if encapsulated.is_some() {
@@ -224,7 +260,12 @@ pub fn frames(
             }
             Some((0..n).map(|i| vec![(offset + i * len, len)]).collect())
         }
-        PixelLayout::Encapsulated { first_item, offset_table, fragments, .. } => {
+        PixelLayout::Encapsulated {
+            first_item,
+            offset_table,
+            fragments,
+            ..
+        } => {
             let first_item = (*first_item)?;
             if let Some((offsets, lengths)) = &geo.extended_offsets
                 && offsets.len() as u64 == n
@@ -258,7 +299,11 @@ pub fn frames(
 
 /// Assign fragments to frames by the offset of their item header relative to
 /// the first fragment's item header.
-fn group_by_offsets(first_item: u64, fragments: &[Range], offsets: &[u64]) -> Option<Vec<Vec<Range>>> {
+fn group_by_offsets(
+    first_item: u64,
+    fragments: &[Range],
+    offsets: &[u64],
+) -> Option<Vec<Vec<Range>>> {
     let mut out: Vec<Vec<Range>> = vec![Vec::new(); offsets.len()];
     let mut frame = 0usize;
     for f in fragments {
@@ -288,16 +333,37 @@ mod tests {
     }
 
     fn geo(n: u64) -> FrameGeometry {
-        FrameGeometry { number_of_frames: n, native_frame_len: None, extended_offsets: None }
+        FrameGeometry {
+            number_of_frames: n,
+            native_frame_len: None,
+            extended_offsets: None,
+        }
     }
 
     #[test]
     fn native_frames_are_consecutive() {
-        let px = PixelLayout::Native { offset: 10, length: 30 };
-        let g = FrameGeometry { number_of_frames: 3, native_frame_len: Some(10), extended_offsets: None };
-        assert_eq!(frames(&px, &g, &mut |_| false), Some(vec![vec![(10, 10)], vec![(20, 10)], vec![(30, 10)]]));
-        let g = FrameGeometry { number_of_frames: 4, ..g };
-        assert_eq!(frames(&px, &g, &mut |_| false), None, "frames past the value");
+        let px = PixelLayout::Native {
+            offset: 10,
+            length: 30,
+        };
+        let g = FrameGeometry {
+            number_of_frames: 3,
+            native_frame_len: Some(10),
+            extended_offsets: None,
+        };
+        assert_eq!(
+            frames(&px, &g, &mut |_| false),
+            Some(vec![vec![(10, 10)], vec![(20, 10)], vec![(30, 10)]])
+        );
+        let g = FrameGeometry {
+            number_of_frames: 4,
+            ..g
+        };
+        assert_eq!(
+            frames(&px, &g, &mut |_| false),
+            None,
+            "frames past the value"
+        );
     }
 
     #[test]
@@ -313,8 +379,14 @@ mod tests {
     #[test]
     fn without_table_one_fragment_per_frame_or_markers() {
         let px = enc(vec![(208, 4), (220, 4)], vec![]);
-        assert_eq!(frames(&px, &geo(2), &mut |_| false), Some(vec![vec![(208, 4)], vec![(220, 4)]]));
-        assert_eq!(frames(&px, &geo(1), &mut |_| false), Some(vec![vec![(208, 4), (220, 4)]]));
+        assert_eq!(
+            frames(&px, &geo(2), &mut |_| false),
+            Some(vec![vec![(208, 4)], vec![(220, 4)]])
+        );
+        assert_eq!(
+            frames(&px, &geo(1), &mut |_| false),
+            Some(vec![vec![(208, 4), (220, 4)]])
+        );
         let px = enc(vec![(208, 4), (220, 4), (232, 4)], vec![]);
         assert_eq!(
             frames(&px, &geo(2), &mut |o| o == 232),

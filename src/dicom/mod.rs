@@ -9,7 +9,7 @@ pub mod json;
 pub mod layout;
 pub mod uid;
 
-pub use inspect::{Inspected, InspectError, inspect_file};
+pub use inspect::{InspectError, Inspected, inspect_file};
 pub use uid::Uid;
 
 /// Well-known DICOM tags used across the crate, as `(group, element)` keys of
@@ -67,7 +67,10 @@ mod tests {
     #[test]
     fn person_names_fold_case_and_accents() {
         assert_eq!(normalize_person_name("Müller^José"), "MULLER^JOSE");
-        assert_eq!(normalize_person_name("Yamada^Tarou=山田^太郎"), "YAMADA^TAROU");
+        assert_eq!(
+            normalize_person_name("Yamada^Tarou=山田^太郎"),
+            "YAMADA^TAROU"
+        );
         assert_eq!(normalize_person_name(" doe^jane "), "DOE^JANE");
     }
 }

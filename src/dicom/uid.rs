@@ -64,7 +64,10 @@ mod tests {
 
     #[test]
     fn accepts_valid_and_rejects_malformed() {
-        assert_eq!(Uid::parse("1.2.840.10008.1.2.1\0").map(|u| u.0), Ok("1.2.840.10008.1.2.1".into()));
+        assert_eq!(
+            Uid::parse("1.2.840.10008.1.2.1\0").map(|u| u.0),
+            Ok("1.2.840.10008.1.2.1".into())
+        );
         assert_eq!(Uid::parse("1.2.3/../x"), Err(UidError::BadCharacter));
         assert_eq!(Uid::parse("1.2.abc"), Err(UidError::BadCharacter));
         assert_eq!(Uid::parse(&"1.".repeat(40)), Err(UidError::TooLong));

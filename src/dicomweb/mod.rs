@@ -14,10 +14,11 @@ pub mod stow;
 
 /// Every PS3.18 resource, in one table. Mounted at `/dicom-web` (the
 /// caller's hospital) and `/tenants/{hospital_id}/dicom-web`.
+#[rustfmt::skip]
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/studies",                                   post(stow::store_instances))
-        .route("/studies/{study}",                           post(stow::store_instances_in_study))
+        .route("/studies",                  post(stow::store_instances))
+        .route("/studies/{study}",          post(stow::store_instances_in_study))
 }
 
 /// The absolute (or, failing a trustworthy origin, root-relative) URL of the
@@ -42,7 +43,10 @@ impl WebRoot {
 impl FromRequestParts<AppState> for WebRoot {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut RequestParts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut RequestParts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::BadRequest("malformed path".into()))?;
@@ -67,7 +71,9 @@ impl FromRequestParts<AppState> for WebRoot {
 fn host_has_port(host: &str) -> bool {
     // "[::1]:8080", "127.0.0.1:8080", "pacs:80"; not "127.0.0.1" or "[::1]"
     let after_bracket = host.rsplit_once(']').map_or(host, |(_, rest)| rest);
-    after_bracket.rsplit_once(':').is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+    after_bracket
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
         && host.bytes().all(|b| b.is_ascii_graphic())
 }
 

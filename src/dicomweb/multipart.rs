@@ -42,7 +42,9 @@ pub fn parse_related(content_type: &str) -> Result<Related, ApiError> {
     let mut boundary = None;
     let mut root_type = None;
     for param in parts {
-        let Some((name, value)) = param.split_once('=') else { continue };
+        let Some((name, value)) = param.split_once('=') else {
+            continue;
+        };
         let value = value.trim().trim_matches('"');
         match name.trim().to_ascii_lowercase().as_str() {
             "boundary" => boundary = Some(value.to_owned()),
@@ -52,7 +54,9 @@ pub fn parse_related(content_type: &str) -> Result<Related, ApiError> {
     }
     let boundary = boundary
         .filter(|b| !b.is_empty() && b.len() <= 200)
-        .ok_or_else(|| ApiError::BadRequest("the multipart/related Content-Type has no usable boundary".into()))?;
+        .ok_or_else(|| {
+            ApiError::BadRequest("the multipart/related Content-Type has no usable boundary".into())
+        })?;
     if let Some(t) = &root_type
         && t != "application/dicom"
     {
@@ -60,7 +64,10 @@ pub fn parse_related(content_type: &str) -> Result<Related, ApiError> {
             "only type=\"application/dicom\" parts are accepted, not {t:?}"
         )));
     }
-    Ok(Related { boundary, root_type })
+    Ok(Related {
+        boundary,
+        root_type,
+    })
 }
 
 /// What the next call to [`Parts::next`] found.
@@ -97,7 +104,11 @@ struct DelimiterCounter {
 impl DelimiterCounter {
     fn new(boundary: &str, count: Arc<AtomicUsize>) -> Self {
         let delimiter = format!("\r\n--{boundary}").into_bytes();
-        DelimiterCounter { finder: memchr::memmem::Finder::new(&delimiter).into_owned(), tail: b"\r\n".to_vec(), count }
+        DelimiterCounter {
+            finder: memchr::memmem::Finder::new(&delimiter).into_owned(),
+            tail: b"\r\n".to_vec(),
+            count,
+        }
     }
 
     fn feed(&mut self, chunk: &[u8]) {
@@ -117,7 +128,9 @@ impl Parts {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::UnsupportedMediaType("a Content-Type header is required".into()))?;
+            .ok_or_else(|| {
+                ApiError::UnsupportedMediaType("a Content-Type header is required".into())
+            })?;
         let related = parse_related(content_type)?;
         let declared = headers
             .get(header::CONTENT_LENGTH)
@@ -136,7 +149,13 @@ impl Parts {
             chunk
         });
         let multipart = Multipart::with_constraints(stream, related.boundary, constraints);
-        Ok(Parts { multipart, limit, seen: 0, broken: false, delimiters })
+        Ok(Parts {
+            multipart,
+            limit,
+            seen: 0,
+            broken: false,
+            delimiters,
+        })
     }
 
     /// Stream the next part into a spool file.
@@ -147,17 +166,25 @@ impl Parts {
         let mut field = match self.multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => return self.end(),
-            Err(multer::Error::StreamSizeExceeded { .. }) => return Err(ApiError::PayloadTooLarge(self.limit)),
+            Err(multer::Error::StreamSizeExceeded { .. }) => {
+                return Err(ApiError::PayloadTooLarge(self.limit));
+            }
             Err(e) if self.seen == 0 && self.delimiters.load(Ordering::Relaxed) == 0 => {
-                return Err(ApiError::BadRequest(format!("malformed multipart/related body: {e}")));
+                return Err(ApiError::BadRequest(format!(
+                    "malformed multipart/related body: {e}"
+                )));
             }
             Err(e) => {
                 self.broken = true;
-                return Ok(Next::BadPart(format!("the body ended before the closing delimiter: {e}")));
+                return Ok(Next::BadPart(format!(
+                    "the body ended before the closing delimiter: {e}"
+                )));
             }
         };
         self.seen += 1;
-        let media_ok = field.content_type().is_none_or(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"));
+        let media_ok = field
+            .content_type()
+            .is_none_or(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"));
         let mut writer = spool.create().await.map_err(ApiError::internal)?;
         loop {
             match field.chunk().await {
@@ -167,7 +194,9 @@ impl Parts {
                     }
                 }
                 Ok(None) => break,
-                Err(multer::Error::StreamSizeExceeded { .. }) => return Err(ApiError::PayloadTooLarge(self.limit)),
+                Err(multer::Error::StreamSizeExceeded { .. }) => {
+                    return Err(ApiError::PayloadTooLarge(self.limit));
+                }
                 Err(e) => {
                     self.broken = true;
                     return Ok(Next::BadPart(format!("the part is truncated: {e}")));
@@ -175,13 +204,20 @@ impl Parts {
             }
         }
         if !media_ok {
-            let media = field.content_type().map(|m| m.essence_str().to_owned()).unwrap_or_default();
-            return Ok(Next::BadPart(format!("part media type {media:?} is not application/dicom")));
+            let media = field
+                .content_type()
+                .map(|m| m.essence_str().to_owned())
+                .unwrap_or_default();
+            return Ok(Next::BadPart(format!(
+                "part media type {media:?} is not application/dicom"
+            )));
         }
         if writer.size() == 0 {
             return Ok(Next::BadPart("the part is empty".into()));
         }
-        Ok(Next::Part(writer.finish().await.map_err(ApiError::internal)?))
+        Ok(Next::Part(
+            writer.finish().await.map_err(ApiError::internal)?,
+        ))
     }
 
     /// After the last part multer delivered: one failure per part it did
@@ -190,10 +226,14 @@ impl Parts {
         let announced = self.delimiters.load(Ordering::Relaxed).saturating_sub(1);
         if self.seen < announced {
             self.seen += 1;
-            return Ok(Next::BadPart("the part could not be parsed (malformed part headers)".into()));
+            return Ok(Next::BadPart(
+                "the part could not be parsed (malformed part headers)".into(),
+            ));
         }
         if self.seen == 0 {
-            return Err(ApiError::BadRequest("the multipart/related body has no part".into()));
+            return Err(ApiError::BadRequest(
+                "the multipart/related body has no part".into(),
+            ));
         }
         Ok(Next::End)
     }
@@ -205,14 +245,28 @@ mod tests {
 
     #[test]
     fn content_types_real_clients_send() {
-        let quoted = parse_related(r#"multipart/related; type="application/dicom"; boundary="0f3cf5c0-70e0""#);
-        assert_eq!(quoted.map(|r| r.boundary).ok().as_deref(), Some("0f3cf5c0-70e0"));
+        let quoted = parse_related(
+            r#"multipart/related; type="application/dicom"; boundary="0f3cf5c0-70e0""#,
+        );
+        assert_eq!(
+            quoted.map(|r| r.boundary).ok().as_deref(),
+            Some("0f3cf5c0-70e0")
+        );
         let unquoted = parse_related("multipart/related; boundary=X; type=application/dicom").ok();
-        assert_eq!(unquoted.map(|r| (r.boundary, r.root_type)), Some(("X".into(), Some("application/dicom".into()))));
+        assert_eq!(
+            unquoted.map(|r| (r.boundary, r.root_type)),
+            Some(("X".into(), Some("application/dicom".into())))
+        );
         let no_type = parse_related("Multipart/Related;boundary=abc").ok();
         assert_eq!(no_type.map(|r| r.boundary).as_deref(), Some("abc"));
-        assert!(matches!(parse_related("application/dicom"), Err(ApiError::UnsupportedMediaType(_))));
-        assert!(matches!(parse_related("multipart/related; type=application/dicom"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            parse_related("application/dicom"),
+            Err(ApiError::UnsupportedMediaType(_))
+        ));
+        assert!(matches!(
+            parse_related("multipart/related; type=application/dicom"),
+            Err(ApiError::BadRequest(_))
+        ));
         assert!(matches!(
             parse_related("multipart/related; type=\"application/dicom+json\"; boundary=b"),
             Err(ApiError::UnsupportedMediaType(_))

@@ -40,7 +40,8 @@ pub async fn store_instances_in_study(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let study = Uid::parse(&study).map_err(|e| ApiError::BadRequest(format!("invalid study UID in the URL: {e}")))?;
+    let study = Uid::parse(&study)
+        .map_err(|e| ApiError::BadRequest(format!("invalid study UID in the URL: {e}")))?;
     store(app, scope, root, headers, body, Some(study)).await
 }
 
@@ -56,8 +57,12 @@ async fn store(
     let mut outcomes = Vec::new();
     loop {
         match parts.next(&app.archive.spool).await? {
-            Next::Part(file) => outcomes.push(app.archive.ingest(&scope, file, study.as_ref()).await),
-            Next::BadPart(why) => outcomes.push(PartOutcome::failed(FailureReason::CannotUnderstand, why)),
+            Next::Part(file) => {
+                outcomes.push(app.archive.ingest(&scope, file, study.as_ref()).await)
+            }
+            Next::BadPart(why) => {
+                outcomes.push(PartOutcome::failed(FailureReason::CannotUnderstand, why))
+            }
             Next::End => break,
         }
     }
@@ -81,7 +86,11 @@ fn encode(outcomes: &[PartOutcome], root: &WebRoot) -> Response {
                 if !studies.contains(&&s.study_uid) {
                     studies.push(&s.study_uid);
                 }
-                let url = root.instance(s.study_uid.as_str(), s.series_uid.as_str(), s.sop_instance_uid.as_str());
+                let url = root.instance(
+                    s.study_uid.as_str(),
+                    s.series_uid.as_str(),
+                    s.sop_instance_uid.as_str(),
+                );
                 referenced.push(json!({
                     "00081150": ui(Some(&s.sop_class_uid)),
                     "00081155": ui(Some(&s.sop_instance_uid)),
@@ -100,14 +109,20 @@ fn encode(outcomes: &[PartOutcome], root: &WebRoot) -> Response {
         StatusCode::OK
     } else if !referenced.is_empty() {
         StatusCode::ACCEPTED
-    } else if outcomes.iter().any(|o| matches!(o, PartOutcome::Failed(f) if f.reason.is_conflict())) {
+    } else if outcomes
+        .iter()
+        .any(|o| matches!(o, PartOutcome::Failed(f) if f.reason.is_conflict()))
+    {
         StatusCode::CONFLICT
     } else {
         StatusCode::BAD_REQUEST
     };
     let mut body = Map::new();
     if let [study] = studies.as_slice() {
-        body.insert("00081190".into(), json!({"vr": "UR", "Value": [root.study(study.as_str())]}));
+        body.insert(
+            "00081190".into(),
+            json!({"vr": "UR", "Value": [root.study(study.as_str())]}),
+        );
     }
     if !failed.is_empty() {
         body.insert("00081198".into(), json!({"vr": "SQ", "Value": failed}));
@@ -116,7 +131,10 @@ fn encode(outcomes: &[PartOutcome], root: &WebRoot) -> Response {
         body.insert("00081199".into(), json!({"vr": "SQ", "Value": referenced}));
     }
     let mut resp = (status, Value::Object(body).to_string()).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/dicom+json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/dicom+json"),
+    );
     resp
 }
 

@@ -22,8 +22,24 @@ pub struct FsStore {
 }
 
 impl FsStore {
+    /// Open (creating) the folder. Temporary files older than an hour are
+    /// left by a crash in the middle of a put and are removed.
     pub async fn open(root: PathBuf) -> Result<Self, StoreError> {
-        tokio::fs::create_dir_all(root.join(".tmp")).await?;
+        let tmp = root.join(".tmp");
+        tokio::fs::create_dir_all(&tmp).await?;
+        let mut entries = tokio::fs::read_dir(&tmp).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            let stale = entry
+                .metadata()
+                .await
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| {
+                    t.elapsed().unwrap_or_default() > std::time::Duration::from_secs(3600)
+                });
+            if stale {
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
+        }
         Ok(FsStore { root })
     }
 
@@ -47,7 +63,10 @@ impl BlobStore for FsStore {
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
         tokio::fs::create_dir_all(&parent).await?;
         let src = file.take_path();
-        let tmp = self.root.join(".tmp").join(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
+        let tmp = self
+            .root
+            .join(".tmp")
+            .join(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
         // Same file system: a rename; otherwise copy into the blob folder.
         if tokio::fs::rename(&src, &tmp).await.is_err() {
             let copied = tokio::fs::copy(&src, &tmp).await;
@@ -55,7 +74,12 @@ impl BlobStore for FsStore {
             copied?;
         }
         let result = async {
-            tokio::fs::OpenOptions::new().write(true).open(&tmp).await?.sync_all().await?;
+            tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .await?
+                .sync_all()
+                .await?;
             tokio::fs::rename(&tmp, &dest).await?;
             sync_dir(&parent).await
         }
@@ -71,7 +95,12 @@ impl BlobStore for FsStore {
         Ok(Box::pin(ReaderStream::with_capacity(file, READ_CHUNK)))
     }
 
-    async fn get_range(&self, key: &BlobKey, offset: u64, length: u64) -> Result<ByteStream, StoreError> {
+    async fn get_range(
+        &self,
+        key: &BlobKey,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StoreError> {
         let mut file = self.open_blob(key).await?;
         let size = file.metadata().await?.len();
         if offset.checked_add(length).is_none_or(|end| end > size) {
@@ -82,7 +111,9 @@ impl BlobStore for FsStore {
         }
         file.seek(SeekFrom::Start(offset)).await?;
         let limited = file.take(length);
-        Ok(Box::pin(ReaderStream::with_capacity(limited, READ_CHUNK).map_err(std::io::Error::from)))
+        Ok(Box::pin(
+            ReaderStream::with_capacity(limited, READ_CHUNK).map_err(std::io::Error::from),
+        ))
     }
 
     async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {

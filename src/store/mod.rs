@@ -64,7 +64,11 @@ impl BlobKey {
     /// validated UIDs, so no component can climb out of `root`.
     fn path_under(&self, root: &Path) -> PathBuf {
         let mut p = root.to_path_buf();
-        p.extend(self.0.split('/').filter(|c| !c.is_empty() && *c != "." && *c != ".."));
+        p.extend(
+            self.0
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != "." && *c != ".."),
+        );
         p
     }
 }
@@ -78,7 +82,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// The whole blob, streamed.
     async fn get(&self, key: &BlobKey) -> Result<ByteStream, StoreError>;
     /// `length` bytes starting at `offset`, streamed.
-    async fn get_range(&self, key: &BlobKey, offset: u64, length: u64) -> Result<ByteStream, StoreError>;
+    async fn get_range(
+        &self,
+        key: &BlobKey,
+        offset: u64,
+        length: u64,
+    ) -> Result<ByteStream, StoreError>;
     /// Remove a blob; removing a missing blob is not an error.
     async fn delete(&self, key: &BlobKey) -> Result<(), StoreError>;
     /// Whether the store answers (for `/readyz`).

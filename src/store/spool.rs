@@ -41,9 +41,16 @@ impl Spool {
     }
 
     pub async fn create(&self) -> std::io::Result<SpoolWriter> {
-        let path = self.dir.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let path = self
+            .dir
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
         let file = tokio::fs::File::create(&path).await?;
-        Ok(SpoolWriter { path, out: BufWriter::with_capacity(256 * 1024, file), hasher: Sha256::new(), size: 0 })
+        Ok(SpoolWriter {
+            path,
+            out: BufWriter::with_capacity(256 * 1024, file),
+            hasher: Sha256::new(),
+            size: 0,
+        })
     }
 
     /// Remove spool files left by a crashed process (older than `age`).

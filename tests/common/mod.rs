@@ -38,7 +38,11 @@ pub struct TestAppBuilder {
 
 impl TestApp {
     pub fn builder() -> TestAppBuilder {
-        TestAppBuilder { duplicate_policy: DuplicatePolicy::Reject, max_request_bytes: 1 << 30, public_url: None }
+        TestAppBuilder {
+            duplicate_policy: DuplicatePolicy::Reject,
+            max_request_bytes: 1 << 30,
+            public_url: None,
+        }
     }
 
     pub async fn new() -> Self {
@@ -52,7 +56,10 @@ impl TestApp {
     /// POST a STOW body to `path` with the usual Content-Type.
     pub async fn stow(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
         let req = Request::post(path)
-            .header("content-type", format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"))
+            .header(
+                "content-type",
+                format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"),
+            )
             .header("host", "127.0.0.1:8080")
             .body(Body::from(body))
             .unwrap();
@@ -68,14 +75,20 @@ impl TestApp {
 
     pub async fn scalar(&self, sql: &str) -> i64 {
         let db = self.state.archive.db.conn();
-        let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
+        let row = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap()
+            .unwrap();
         row.try_get::<i64>("", "n").unwrap()
     }
 
     /// Files in the blob folder (temporary files excluded).
     pub fn blob_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
             for e in entries.flatten() {
                 let p = e.path();
                 if p.is_dir() {
@@ -93,7 +106,9 @@ impl TestApp {
     }
 
     pub fn spool_files(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("spool")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.dir.path().join("spool"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
@@ -132,7 +147,12 @@ impl TestAppBuilder {
         };
         let state = AppState::open(&config).await.unwrap();
         let router = app(state.clone());
-        TestApp { state, router, config, dir }
+        TestApp {
+            state,
+            router,
+            config,
+            dir,
+        }
     }
 }
 
@@ -141,10 +161,17 @@ impl TestAppBuilder {
 pub async fn fresh_database() -> Option<String> {
     let base = std::env::var("TEST_DATABASE_URL").ok()?;
     let name = format!("cloudpacs_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = Database::connect(base.clone()).await.expect("TEST_DATABASE_URL must be reachable");
-    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let admin = Database::connect(base.clone())
+        .await
+        .expect("TEST_DATABASE_URL must be reachable");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
     admin.close().await.unwrap();
-    let (prefix, _) = base.rsplit_once('/').expect("TEST_DATABASE_URL ends with /DBNAME");
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .expect("TEST_DATABASE_URL ends with /DBNAME");
     Some(format!("{prefix}/{name}"))
 }
 
@@ -153,7 +180,8 @@ pub async fn json_body(resp: Response<Body>) -> Value {
     if bytes.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
 }
 
 /// A synthetic instance with fake patient data.
@@ -208,19 +236,47 @@ impl Synth {
             .map(|i| self.fill.wrapping_add((i / frame_len) as u8))
             .collect();
         InMemDicomObject::from_element_iter([
-            DataElement::new(tags::SOP_CLASS_UID, VR::UI, dicom_value!(Str, CT_IMAGE_STORAGE)),
-            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, dicom_value!(Str, self.sop.as_str())),
+            DataElement::new(
+                tags::SOP_CLASS_UID,
+                VR::UI,
+                dicom_value!(Str, CT_IMAGE_STORAGE),
+            ),
+            DataElement::new(
+                tags::SOP_INSTANCE_UID,
+                VR::UI,
+                dicom_value!(Str, self.sop.as_str()),
+            ),
             DataElement::new(tags::STUDY_DATE, VR::DA, dicom_value!(Str, "20240102")),
             DataElement::new(tags::MODALITY, VR::CS, dicom_value!(Str, self.modality)),
-            DataElement::new(tags::PATIENT_NAME, VR::PN, dicom_value!(Str, self.patient_name)),
+            DataElement::new(
+                tags::PATIENT_NAME,
+                VR::PN,
+                dicom_value!(Str, self.patient_name),
+            ),
             DataElement::new(tags::PATIENT_ID, VR::LO, dicom_value!(Str, "PAT001")),
-            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, dicom_value!(Str, self.study.as_str())),
-            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, dicom_value!(Str, self.series.as_str())),
+            DataElement::new(
+                tags::STUDY_INSTANCE_UID,
+                VR::UI,
+                dicom_value!(Str, self.study.as_str()),
+            ),
+            DataElement::new(
+                tags::SERIES_INSTANCE_UID,
+                VR::UI,
+                dicom_value!(Str, self.series.as_str()),
+            ),
             DataElement::new(tags::SERIES_NUMBER, VR::IS, dicom_value!(Str, "1")),
             DataElement::new(tags::INSTANCE_NUMBER, VR::IS, dicom_value!(Str, "1")),
             DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, dicom_value!(U16, [1])),
-            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, dicom_value!(Str, "MONOCHROME2")),
-            DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, dicom_value!(Str, self.frames.to_string())),
+            DataElement::new(
+                tags::PHOTOMETRIC_INTERPRETATION,
+                VR::CS,
+                dicom_value!(Str, "MONOCHROME2"),
+            ),
+            DataElement::new(
+                tags::NUMBER_OF_FRAMES,
+                VR::IS,
+                dicom_value!(Str, self.frames.to_string()),
+            ),
             DataElement::new(tags::ROWS, VR::US, dicom_value!(U16, [self.rows])),
             DataElement::new(tags::COLUMNS, VR::US, dicom_value!(U16, [self.columns])),
             DataElement::new(tags::BITS_ALLOCATED, VR::US, dicom_value!(U16, [16])),
@@ -251,11 +307,13 @@ pub fn part10(obj: InMemDicomObject, sop: &str) -> Vec<u8> {
 }
 
 /// A multipart/related body of application/dicom parts.
-pub fn multipart(parts: &[Vec<u8>]) -> Vec<u8> {
+pub fn multipart<P: AsRef<[u8]>>(parts: &[P]) -> Vec<u8> {
     let mut body = Vec::new();
     for p in parts {
-        body.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
-        body.extend_from_slice(p);
+        body.extend_from_slice(
+            format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(p.as_ref());
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
@@ -266,7 +324,12 @@ pub fn multipart(parts: &[Vec<u8>]) -> Vec<u8> {
 pub fn failure_reasons(resp: &Value) -> Vec<u64> {
     resp["00081198"]["Value"]
         .as_array()
-        .map(|items| items.iter().map(|i| i["00081197"]["Value"][0].as_u64().unwrap()).collect())
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| i["00081197"]["Value"][0].as_u64().unwrap())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -274,7 +337,12 @@ pub fn failure_reasons(resp: &Value) -> Vec<u64> {
 pub fn referenced(resp: &Value) -> Vec<String> {
     resp["00081199"]["Value"]
         .as_array()
-        .map(|items| items.iter().map(|i| i["00081155"]["Value"][0].as_str().unwrap().to_owned()).collect())
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| i["00081155"]["Value"][0].as_str().unwrap().to_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
