@@ -500,7 +500,7 @@ async fn overwrite_policy_replaces_the_object() {
     assert_eq!(blobs.len(), 1, "the replaced blob is deleted");
     assert_eq!(std::fs::read(&blobs[0]).unwrap(), second);
     assert_eq!(
-        app.scalar("SELECT number_of_instances AS n FROM studies")
+        app.scalar("SELECT CAST(number_of_instances AS BIGINT) AS n FROM studies")
             .await,
         1
     );
@@ -537,7 +537,7 @@ async fn concurrent_uploads_of_one_instance_leave_one_row_and_one_blob() {
         0
     );
     assert_eq!(
-        app.scalar("SELECT number_of_instances AS n FROM studies")
+        app.scalar("SELECT CAST(number_of_instances AS BIGINT) AS n FROM studies")
             .await,
         1
     );
