@@ -9,6 +9,7 @@ use crate::db::Db;
 use crate::store::{BlobKey, BlobStore, Spool};
 
 mod ingest;
+pub mod search;
 
 pub use ingest::{FailedInstance, FailureReason, PartOutcome, StoredInstance};
 

@@ -16,6 +16,9 @@ use sea_orm::{
 };
 
 mod instances;
+mod search;
+
+pub use search::{InstanceHit, Search, SeriesHit};
 
 pub use instances::{IndexConflict, Indexed, NewInstance};
 
@@ -75,6 +78,8 @@ impl Db {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true)
+                // LIKE case-sensitive as on PostgreSQL, and able to use indexes
+                .pragma("case_sensitive_like", "ON")
         });
         let conn = Database::connect(opt).await?;
         Ok(Db { conn })

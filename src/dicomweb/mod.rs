@@ -4,12 +4,14 @@
 use axum::Router;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::{header, request::Parts as RequestParts};
-use axum::routing::post;
+use axum::routing::{get, post};
 
 use crate::app::AppState;
 use crate::error::ApiError;
 
 pub mod multipart;
+pub mod qido;
+pub mod query;
 pub mod stow;
 
 /// Every PS3.18 resource, in one table. Mounted at `/dicom-web` (the
@@ -17,8 +19,13 @@ pub mod stow;
 #[rustfmt::skip]
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/studies",                  post(stow::store_instances))
-        .route("/studies/{study}",          post(stow::store_instances_in_study))
+        .route("/studies",                                  get(qido::search_studies).post(stow::store_instances))
+        .route("/studies/{study}",                          post(stow::store_instances_in_study))
+        .route("/studies/{study}/series",                   get(qido::search_study_series))
+        .route("/studies/{study}/instances",                get(qido::search_study_instances))
+        .route("/studies/{study}/series/{series}/instances", get(qido::search_series_instances))
+        .route("/series",                                   get(qido::search_series))
+        .route("/instances",                                get(qido::search_instances))
 }
 
 /// The absolute (or, failing a trustworthy origin, root-relative) URL of the

@@ -34,6 +34,7 @@ pub struct TestAppBuilder {
     duplicate_policy: DuplicatePolicy,
     max_request_bytes: u64,
     public_url: Option<String>,
+    qido_limits: (u64, u64),
 }
 
 impl TestApp {
@@ -42,6 +43,7 @@ impl TestApp {
             duplicate_policy: DuplicatePolicy::Reject,
             max_request_bytes: 1 << 30,
             public_url: None,
+            qido_limits: (100, 1000),
         }
     }
 
@@ -123,6 +125,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// QIDO default and maximum page sizes.
+    pub fn qido_limits(mut self, default: u64, max: u64) -> Self {
+        self.qido_limits = (default, max);
+        self
+    }
+
     pub fn public_url(mut self, url: &str) -> Self {
         self.public_url = Some(url.to_owned());
         self
@@ -140,6 +148,8 @@ impl TestAppBuilder {
             storage: None,
             public_url: self.public_url,
             max_request_bytes: self.max_request_bytes,
+            qido_default_limit: self.qido_limits.0,
+            qido_max_limit: self.qido_limits.1,
             duplicate_policy: self.duplicate_policy,
             orphan_age_secs: 3600,
             log_format: LogFormat::Text,
