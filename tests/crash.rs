@@ -172,3 +172,50 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// SIGTERM lets an upload in flight finish (and be acknowledged), then the
+/// process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database().await;
+    let addr = free_addr();
+    let mut server = start_server(dir.path(), db_url.as_deref(), addr);
+    let body = multipart(&[Synth::new(
+        "1.2.826.0.1.3680043.8.498.88",
+        "1.2.826.0.1.3680043.8.498.88.1",
+        "1.2.826.0.1.3680043.8.498.88.1.1",
+    )
+    .frames(300)
+    .bytes()]);
+    let upload = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "POST /dicom-web/studies HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: multipart/related; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        for chunk in body.chunks(4096) {
+            s.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let killed = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(server.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let response = upload.join().unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "the upload in flight was acknowledged: {response}"
+    );
+    let status = server.wait().unwrap();
+    assert!(status.success(), "clean exit: {status}");
+}
