@@ -147,10 +147,20 @@ fn conditions(search: &Search) -> Condition {
 
 impl HospitalDb {
     pub async fn search_studies(&self, search: &Search) -> Result<Vec<study::Model>, DbError> {
+        // With a filter, order by an expression: the planner then picks the
+        // filter's index and sorts the (few) matches, instead of walking
+        // the id index backwards through every study looking for them.
+        let filtered = search.study_uid.is_some()
+            || search.filters.iter().any(|(_, m)| *m != Match::Universal);
+        let order = if filtered {
+            Expr::cust("studies.id + 0")
+        } else {
+            Expr::col((study::Entity, study::Column::Id))
+        };
         Ok(study::Entity::find()
             .filter(study::Column::HospitalId.eq(self.hospital.pk))
             .filter(conditions(search))
-            .order_by(study::Column::Id, Order::Desc)
+            .order_by(order, Order::Desc)
             .offset(search.offset)
             .limit(search.limit)
             .all(self.db.conn())
