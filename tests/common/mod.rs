@@ -48,6 +48,7 @@ pub struct TestAppBuilder {
     public_url: Option<String>,
     qido_limits: (u64, u64),
     cors_origins: Vec<String>,
+    oidc: Option<(String, String, PathBuf)>,
 }
 
 impl TestApp {
@@ -58,6 +59,7 @@ impl TestApp {
             public_url: None,
             qido_limits: (100, 1000),
             cors_origins: Vec::new(),
+            oidc: None,
         }
     }
 
@@ -160,6 +162,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Accept tokens of an OpenID Connect provider (issuer, audience, JWKS file).
+    pub fn oidc(mut self, issuer: &str, audience: &str, jwks: &Path) -> Self {
+        self.oidc = Some((issuer.into(), audience.into(), jwks.into()));
+        self
+    }
+
     pub fn cors_origins(mut self, origins: &[&str]) -> Self {
         self.cors_origins = origins.iter().map(|o| o.to_string()).collect();
         self
@@ -197,7 +205,9 @@ impl TestAppBuilder {
                 jwt_ttl_secs: 3600,
                 oidc_hospital_claim: "hospital".into(),
                 oidc_roles_claim: "roles".into(),
-                ..Default::default()
+                oidc_issuer: self.oidc.as_ref().map(|o| o.0.clone()),
+                oidc_audience: self.oidc.as_ref().map(|o| o.1.clone()),
+                oidc_jwks_file: self.oidc.as_ref().map(|o| o.2.clone()),
             },
             cors_origins: self.cors_origins,
             log_format: LogFormat::Text,
