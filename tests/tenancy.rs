@@ -53,7 +53,12 @@ async fn call(
     (status, json_body(resp).await, headers)
 }
 
-async fn stow_as(app: &TestApp, path: &str, auth: &str, parts: &[Vec<u8>]) -> (StatusCode, Value) {
+async fn stow_as<P: AsRef<[u8]>>(
+    app: &TestApp,
+    path: &str,
+    auth: &str,
+    parts: &[P],
+) -> (StatusCode, Value) {
     let req = Request::post(path)
         .header("authorization", auth)
         .header(
@@ -401,14 +406,9 @@ async fn the_same_sop_instance_in_two_hospitals_is_two_instances() {
     let app = &w.app;
     let file = inst(SA, 9);
     assert_eq!(
-        stow_as(
-            app,
-            "/dicom-web/studies",
-            &bearer(&w.b_key),
-            &[file.clone()]
-        )
-        .await
-        .0,
+        stow_as(app, "/dicom-web/studies", &bearer(&w.b_key), &[&file])
+            .await
+            .0,
         StatusCode::OK
     );
     let other = Synth::new(SA, &format!("{SA}.1"), &format!("{SA}.1.9"))
