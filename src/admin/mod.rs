@@ -493,8 +493,7 @@ async fn share_study(
         ));
     }
     if !db
-        .scoped(owner.clone())
-        .owns_study(study.as_str())
+        .hospital_holds_study(owner.pk, study.as_str())
         .await
         .map_err(db_error)?
     {

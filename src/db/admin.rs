@@ -210,6 +210,21 @@ impl Db {
         Ok(())
     }
 
+    /// Whether a hospital holds a study itself (sharing needs it).
+    pub async fn hospital_holds_study(
+        &self,
+        hospital_pk: i64,
+        study_uid: &str,
+    ) -> Result<bool, DbError> {
+        use entity::study;
+        Ok(study::Entity::find()
+            .filter(study::Column::HospitalId.eq(hospital_pk))
+            .filter(study::Column::StudyUid.eq(study_uid))
+            .one(&self.conn)
+            .await?
+            .is_some())
+    }
+
     pub async fn share_study(
         &self,
         owner_pk: i64,

@@ -146,16 +146,6 @@ fn conditions(search: &Search) -> Condition {
 }
 
 impl HospitalDb {
-    /// Whether this hospital holds the study itself (not through a share).
-    pub async fn owns_study(&self, study_uid: &str) -> Result<bool, DbError> {
-        Ok(study::Entity::find()
-            .filter(study::Column::HospitalId.eq(self.hospital.pk))
-            .filter(study::Column::StudyUid.eq(study_uid))
-            .one(self.db.conn())
-            .await?
-            .is_some())
-    }
-
     /// The studies this hospital may read: its own, and those another
     /// hospital shared with it. Checked once per search so that hospitals
     /// without shares keep the plain, index-friendly condition.
