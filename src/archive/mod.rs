@@ -9,8 +9,13 @@ use crate::db::Db;
 use crate::store::{BlobKey, BlobStore, Spool};
 
 mod ingest;
+mod retrieve;
 
 pub use ingest::{FailedInstance, FailureReason, PartOutcome, StoredInstance};
+pub use retrieve::{
+    Bulk, Frames, InstanceBlob, InstanceMetadata, Level, Located, PIXEL_DATA_PATH, Ranges,
+    RetrieveError, is_encapsulated,
+};
 
 /// The archive: the index, the blob store and the spool folder.
 #[derive(Clone)]

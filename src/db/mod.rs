@@ -16,8 +16,10 @@ use sea_orm::{
 };
 
 mod instances;
+mod retrieve;
 
 pub use instances::{IndexConflict, Indexed, NewInstance};
+pub use retrieve::{InstanceBlobRow, InstanceFilter, InstanceMetadataRow, SeriesRef, StudyRef};
 
 /// The id of the hospital created on an empty index.
 pub const DEFAULT_HOSPITAL: &str = "default";

@@ -4,13 +4,15 @@
 use axum::Router;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::{header, request::Parts as RequestParts};
-use axum::routing::post;
+use axum::routing::{delete, get, post};
 
 use crate::app::AppState;
 use crate::error::ApiError;
 
+pub mod accept;
 pub mod multipart;
 pub mod stow;
+pub mod wado;
 
 /// Every PS3.18 resource, in one table. Mounted at `/dicom-web` (the
 /// caller's hospital) and `/tenants/{hospital_id}/dicom-web`.
@@ -19,6 +21,14 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/studies",                  post(stow::store_instances))
         .route("/studies/{study}",          post(stow::store_instances_in_study))
+        .route("/studies/{study}",                                       get(wado::retrieve_study).merge(delete(wado::delete_study)))
+        .route("/studies/{study}/metadata",                              get(wado::retrieve_study_metadata).layer(wado::gzip()))
+        .route("/studies/{study}/series/{series}",                       get(wado::retrieve_series).merge(delete(wado::delete_series)))
+        .route("/studies/{study}/series/{series}/metadata",              get(wado::retrieve_series_metadata).layer(wado::gzip()))
+        .route("/studies/{study}/series/{series}/instances/{instance}",  get(wado::retrieve_instance).merge(delete(wado::delete_instance)))
+        .route("/studies/{study}/series/{series}/instances/{instance}/metadata",         get(wado::retrieve_instance_metadata).layer(wado::gzip()))
+        .route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",  get(wado::retrieve_frames))
+        .route("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{*path}", get(wado::retrieve_bulkdata))
 }
 
 /// The absolute (or, failing a trustworthy origin, root-relative) URL of the
