@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 
@@ -219,7 +219,10 @@ impl Archive {
         numbers: &[u32],
     ) -> Result<Frames, RetrieveError> {
         let instance = self.instance_row(scope, study, series, sop).await?;
-        if instance.pixel_data_offset.is_none() && instance.frames.is_none() {
+        let deflated = TransferSyntaxRegistry
+            .get(&instance.transfer_syntax)
+            .is_some_and(|ts| matches!(ts.codec(), Codec::Dataset(_)));
+        if instance.pixel_data_offset.is_none() && instance.frames.is_none() && !deflated {
             // no pixel data at all (an SR, a waveform): there are no frames
             return Err(RetrieveError::NoSuchFrame(
                 numbers.first().copied().unwrap_or(1),
