@@ -303,24 +303,89 @@ async fn study_and_series_retrieve_stream_every_instance() {
 }
 
 #[tokio::test]
-async fn retrieve_without_transfer_syntax_wildcard_needs_explicit_vr_little_endian() {
+async fn retrieve_without_transfer_syntax_wildcard_gives_explicit_vr_little_endian() {
+    use dicom_dictionary_std::tags;
+    use dicom_object::file::{OpenFileOptions, ReadPreamble};
     let app = TestApp::new().await;
     let stored = store_corpus(&app, |f| {
-        f == "files/rtdose.dcm" || f == "files/examples_ybr_color.dcm" || f == "files/CT_small.dcm"
+        [
+            "files/rtdose.dcm",
+            "files/image_dfl.dcm",
+            "files/examples_ybr_color.dcm",
+            "files/CT_small.dcm",
+            "files/MR_small_bigendian.dcm",
+        ]
+        .contains(&f)
     })
     .await;
     let default = r#"multipart/related; type="application/dicom""#;
+    let open = |bytes: &[u8]| {
+        OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Auto)
+            .from_reader(bytes)
+            .unwrap()
+    };
     // CT_small is Explicit VR LE: served as is.
     let ct = named(&stored, "files/CT_small.dcm");
-    let parts = multipart_parts(
-        get(&app, &ct.path, &[("accept", default)]).await,
-        "application/dicom",
-    )
-    .await;
+    let resp = get(&app, &ct.path, &[("accept", default)]).await;
+    let parts = multipart_parts(resp, "application/dicom").await;
     assert_eq!(parts[0].data, ct.bytes);
-    // Implicit VR LE and JPEG would need transcoding: 406, as would a
-    // transfer syntax other than the stored one.
-    for file in ["files/rtdose.dcm", "files/examples_ybr_color.dcm"] {
+
+    // Implicit VR LE and Deflated Explicit VR LE are re-encoded, with the
+    // same elements and pixel data.
+    for (file, accept) in [
+        ("files/rtdose.dcm", default),
+        ("files/image_dfl.dcm", default),
+        ("files/rtdose.dcm", "application/dicom"),
+        (
+            "files/rtdose.dcm",
+            "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
+        ),
+    ] {
+        let s = named(&stored, file);
+        let resp = get(&app, &s.path, &[("accept", accept)]).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{file} {accept}");
+        let data = if accept == "application/dicom" {
+            assert_eq!(
+                content_type(&resp),
+                format!("application/dicom; transfer-syntax={EXPLICIT_VR_LE}")
+            );
+            bytes(resp).await
+        } else {
+            let mut parts = multipart_parts(resp, "application/dicom").await;
+            assert_eq!(
+                parts[0].content_type,
+                format!("application/dicom; transfer-syntax={EXPLICIT_VR_LE}")
+            );
+            parts.remove(0).data
+        };
+        let (got, original) = (open(&data), open(&s.bytes));
+        assert_eq!(got.meta().transfer_syntax(), EXPLICIT_VR_LE, "{file}");
+        assert_eq!(
+            got.iter().count(),
+            original.iter().count(),
+            "{file}: element count"
+        );
+        for tag in [
+            tags::SOP_INSTANCE_UID,
+            tags::PATIENT_NAME,
+            tags::ROWS,
+            tags::PIXEL_DATA,
+        ] {
+            assert_eq!(
+                got.element(tag).unwrap().to_bytes().unwrap(),
+                original.element(tag).unwrap().to_bytes().unwrap(),
+                "{file}: {tag}"
+            );
+        }
+    }
+
+    // Compressed and big-endian data would need decoding: 406, as does a
+    // compressed syntax other than the stored one.
+    for file in [
+        "files/examples_ybr_color.dcm",
+        "files/MR_small_bigendian.dcm",
+    ] {
         let s = named(&stored, file);
         let resp = get(&app, &s.path, &[("accept", default)]).await;
         assert_eq!(resp.status(), StatusCode::NOT_ACCEPTABLE, "{file}");
@@ -349,6 +414,14 @@ async fn retrieve_without_transfer_syntax_wildcard_needs_explicit_vr_little_endi
     )
     .await;
     assert_eq!(resp.status(), StatusCode::NOT_ACCEPTABLE);
+    // A study mixing stored syntaxes: with `*` each part is labelled with
+    // its own.
+    let resp = get(&app, &jpeg.path, &[("accept", DWC_RETRIEVE)]).await;
+    let parts = multipart_parts(resp, "application/dicom").await;
+    assert_eq!(
+        param(&parts[0].content_type, "transfer-syntax"),
+        Some("1.2.840.10008.1.2.4.50")
+    );
 }
 
 // ----------------------------------------------------------------- frames

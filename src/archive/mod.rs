@@ -13,8 +13,8 @@ mod retrieve;
 
 pub use ingest::{FailedInstance, FailureReason, PartOutcome, StoredInstance};
 pub use retrieve::{
-    Bulk, Frames, InstanceBlob, InstanceMetadata, Level, Located, PIXEL_DATA_PATH, Ranges,
-    RetrieveError, is_encapsulated,
+    Bulk, EXPLICIT_VR_LE, Frames, InstanceBlob, InstanceMetadata, Level, Located, PIXEL_DATA_PATH,
+    Ranges, RetrieveError, can_convert, is_encapsulated,
 };
 
 /// The archive: the index, the blob store and the spool folder.

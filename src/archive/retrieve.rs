@@ -35,6 +35,9 @@ pub enum RetrieveError {
     /// a deflated data set): they would need transcoding.
     #[error("the frames of this instance cannot be served without transcoding")]
     NoFrameIndex,
+    /// Re-encoding an instance into another transfer syntax failed.
+    #[error("transcoding failed: {0}")]
+    Transcode(String),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -101,6 +104,18 @@ pub enum Bulk {
     Frames(Frames),
 }
 
+/// Explicit VR Little Endian, the default transfer syntax of PS3.18.
+pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+/// Whether a stored data set in `from` can be re-encoded into `to`. Only
+/// into Explicit VR Little Endian, and only from syntaxes whose pixel data
+/// is the same little-endian bytes (Implicit VR LE, Deflated Explicit VR
+/// LE): no pixel data is decoded or byte-swapped.
+pub fn can_convert(from: &str, to: &str) -> bool {
+    from == to
+        || (to == EXPLICIT_VR_LE && matches!(from, "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1.99"))
+}
+
 /// Whether a transfer syntax encapsulates (compresses) pixel data.
 pub fn is_encapsulated(transfer_syntax: &str) -> bool {
     TransferSyntaxRegistry
@@ -152,10 +167,15 @@ impl Archive {
     /// Every covered instance's stored bytes, one after the other. The index
     /// is read a page at a time and each blob is opened only when the
     /// previous one has been consumed, so memory stays flat.
+    ///
+    /// With a `target` transfer syntax, instances stored in another one are
+    /// re-encoded (see [`can_convert`]); such an instance is read whole into
+    /// memory and converted on the blocking pool, one at a time.
     pub fn instance_blobs(
         &self,
         scope: HospitalDb,
         located: &Located,
+        target: Option<String>,
     ) -> impl Stream<Item = Result<InstanceBlob, RetrieveError>> + Send + 'static {
         let filter = located.filter;
         let store = self.store.clone();
@@ -168,13 +188,18 @@ impl Archive {
         )
         .and_then(move |row| {
             let store = store.clone();
+            let target = target.clone();
             async move {
                 let bytes = store.get(&BlobKey::from_stored(row.blob_key)).await?;
-                Ok(InstanceBlob {
+                let stored = InstanceBlob {
                     transfer_syntax: row.transfer_syntax,
                     size_bytes: u64::try_from(row.size_bytes).unwrap_or_default(),
                     bytes,
-                })
+                };
+                match target {
+                    Some(to) if to != stored.transfer_syntax => convert(stored, to).await,
+                    _ => Ok(stored),
+                }
             }
         })
     }
@@ -353,6 +378,46 @@ impl Archive {
             .await
             .map_err(not_found)
     }
+}
+
+/// Re-encode one instance into `to` (a pair [`can_convert`] allows).
+async fn convert(blob: InstanceBlob, to: String) -> Result<InstanceBlob, RetrieveError> {
+    let capacity = usize::try_from(blob.size_bytes).unwrap_or_default();
+    let whole = blob
+        .bytes
+        .try_fold(Vec::with_capacity(capacity), |mut all, chunk| async move {
+            all.extend_from_slice(&chunk);
+            Ok(all)
+        })
+        .await
+        .map_err(StoreError::from)?;
+    let from = blob.transfer_syntax;
+    let converted = tokio::task::spawn_blocking(move || reencode(&whole, &to).map(|b| (b, to)))
+        .await
+        .map_err(|e| RetrieveError::Transcode(e.to_string()))?
+        .map_err(|e| RetrieveError::Transcode(format!("from {from}: {e}")))?;
+    let (bytes, to) = converted;
+    Ok(InstanceBlob {
+        transfer_syntax: to,
+        size_bytes: bytes.len() as u64,
+        bytes: Box::pin(stream::once(async move { Ok(bytes::Bytes::from(bytes)) })),
+    })
+}
+
+/// Parse a whole Part-10 file and write it again in transfer syntax `to`.
+fn reencode(file: &[u8], to: &str) -> Result<Vec<u8>, String> {
+    use dicom_object::file::{OpenFileOptions, ReadPreamble};
+    let ts = TransferSyntaxRegistry
+        .get(to)
+        .ok_or_else(|| format!("unknown transfer syntax {to}"))?;
+    let mut obj = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Auto)
+        .from_reader(file)
+        .map_err(|e| e.to_string())?;
+    obj.meta_mut().set_transfer_syntax(ts);
+    let mut out = Vec::with_capacity(file.len() + file.len() / 8);
+    obj.write_all(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 fn not_found(e: DbError) -> RetrieveError {

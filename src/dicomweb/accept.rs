@@ -198,14 +198,6 @@ fn native_satisfies(stored: &str, wanted: &str) -> bool {
     stored == wanted || (little(stored) && little(wanted))
 }
 
-/// Whether stored data sets are served as they are for this wish.
-fn dataset_satisfies(stored: &str, wanted: &Wanted) -> bool {
-    match wanted {
-        Wanted::Any => true,
-        Wanted::Exactly(uid) => stored == *uid,
-    }
-}
-
 fn not_acceptable(what: &str, ranges: &[MediaRange]) -> ApiError {
     let asked: Vec<&str> = ranges.iter().map(|r| r.essence.as_str()).collect();
     ApiError::NotAcceptable(format!(
@@ -223,14 +215,24 @@ pub enum Packaging {
     Single,
 }
 
+/// The negotiated representation of retrieved instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstancesRep {
+    pub packaging: Packaging,
+    /// The transfer syntax every instance is served in (converted where
+    /// stored otherwise), or `None` for each in its stored one.
+    pub target: Option<String>,
+}
+
 /// Negotiate a retrieve of stored instances whose transfer syntaxes are
-/// `stored`. `single_allowed` when exactly one instance is retrieved. Each
-/// instance is served in its stored transfer syntax and labelled with it.
+/// `stored`. `single_allowed` when exactly one instance is retrieved;
+/// `convertible(from, to)` tells which re-encodings the archive can do.
 pub fn instances(
     ranges: &[MediaRange],
     stored: &[String],
     single_allowed: bool,
-) -> Result<Packaging, ApiError> {
+    convertible: impl Fn(&str, &str) -> bool,
+) -> Result<InstancesRep, ApiError> {
     const DICOM: &str = "application/dicom";
     for range in ranges {
         let (packaging, named) = if is_multipart(&range.essence) {
@@ -248,9 +250,20 @@ pub fn instances(
         } else {
             continue;
         };
-        let want = wanted(range, named);
-        if stored.iter().all(|ts| dataset_satisfies(ts, &want)) {
-            return Ok(packaging);
+        match wanted(range, named) {
+            Wanted::Any => {
+                return Ok(InstancesRep {
+                    packaging,
+                    target: None,
+                });
+            }
+            Wanted::Exactly(uid) if stored.iter().all(|ts| convertible(ts, uid)) => {
+                return Ok(InstancesRep {
+                    packaging,
+                    target: Some(uid.to_owned()),
+                });
+            }
+            Wanted::Exactly(_) => continue,
         }
     }
     Err(not_acceptable("the instances", ranges))
@@ -536,42 +549,69 @@ mod tests {
     #[test]
     fn instances_negotiation() {
         let all = |ts: &[&str]| ts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // What the archive can re-encode: Implicit VR LE into Explicit VR LE.
+        let conv =
+            |from: &str, to: &str| from == to || (from == IMPLICIT_VR_LE && to == EXPLICIT_VR_LE);
+        let rep =
+            |a: &[MediaRange], ts: &[&str], single: bool| instances(a, &all(ts), single, conv).ok();
+        let multi = |target: Option<&str>| {
+            Some(InstancesRep {
+                packaging: Packaging::Multipart,
+                target: target.map(str::to_owned),
+            })
+        };
         let dwc = accept(&[r#"multipart/related; type="application/dicom"; transfer-syntax=*"#]);
-        assert_eq!(
-            instances(&dwc, &all(&[JPEG, IMPLICIT_VR_LE]), false).ok(),
-            Some(Packaging::Multipart)
-        );
+        assert_eq!(rep(&dwc, &[JPEG, IMPLICIT_VR_LE], false), multi(None));
         let default = accept(&[r#"multipart/related; type="application/dicom""#]);
-        assert!(instances(&default, &all(&[EXPLICIT_VR_LE]), false).is_ok());
-        assert!(instances(&default, &all(&[EXPLICIT_VR_LE, JPEG]), false).is_err());
-        assert!(instances(&default, &all(&[IMPLICIT_VR_LE]), false).is_err());
+        assert_eq!(
+            rep(&default, &[EXPLICIT_VR_LE], false),
+            multi(Some(EXPLICIT_VR_LE))
+        );
+        assert_eq!(
+            rep(&default, &[IMPLICIT_VR_LE, EXPLICIT_VR_LE], false),
+            multi(Some(EXPLICIT_VR_LE))
+        );
+        assert_eq!(rep(&default, &[EXPLICIT_VR_LE, JPEG], false), None);
+        assert_eq!(rep(&default, &[BIG], false), None);
         let exact = accept(&[&format!(
             "multipart/related; type=application/dicom; transfer-syntax={JPEG}"
         )]);
-        assert!(instances(&exact, &all(&[JPEG]), false).is_ok());
-        assert!(instances(&exact, &all(&[RLE]), false).is_err());
+        assert_eq!(rep(&exact, &[JPEG], false), multi(Some(JPEG)));
+        assert_eq!(rep(&exact, &[RLE], false), None);
         for wild in ["*/*", "multipart/related", "multipart/*"] {
-            assert_eq!(
-                instances(&accept(&[wild]), &all(&[RLE]), false).ok(),
-                Some(Packaging::Multipart),
-                "{wild}"
-            );
+            assert_eq!(rep(&accept(&[wild]), &[RLE], false), multi(None), "{wild}");
         }
+        // q-values: the preferred range that can be met wins.
+        let prefs = accept(&[&format!(
+            "multipart/related; type=application/dicom; transfer-syntax={RLE}; q=0.9, multipart/related; type=application/dicom; q=0.5, */*; q=0.1"
+        )]);
+        assert_eq!(rep(&prefs, &[RLE], false), multi(Some(RLE)));
+        assert_eq!(
+            rep(&prefs, &[IMPLICIT_VR_LE], false),
+            multi(Some(EXPLICIT_VR_LE))
+        );
+        assert_eq!(rep(&prefs, &[JPEG], false), multi(None));
         let single = accept(&["application/dicom; transfer-syntax=*"]);
         assert_eq!(
-            instances(&single, &all(&[RLE]), true).ok(),
-            Some(Packaging::Single)
+            rep(&single, &[RLE], true),
+            Some(InstancesRep {
+                packaging: Packaging::Single,
+                target: None
+            })
         );
-        assert!(instances(&single, &all(&[RLE]), false).is_err());
-        assert!(instances(&accept(&["application/dicom+json"]), &all(&[RLE]), true).is_err());
-        assert!(instances(&accept(&["application/*"]), &all(&[RLE]), false).is_err());
-        assert!(
-            instances(
+        assert_eq!(rep(&single, &[RLE], false), None);
+        assert_eq!(
+            rep(&accept(&["application/dicom+json"]), &[RLE], true),
+            None
+        );
+        assert_eq!(rep(&accept(&["application/*"]), &[RLE], false), None);
+        assert_eq!(
+            rep(
                 &accept(&["multipart/related; type=image/jpeg"]),
-                &all(&[JPEG]),
+                &[JPEG],
                 true
-            )
-            .is_err()
+            ),
+            None
         );
     }
 

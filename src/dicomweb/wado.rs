@@ -25,7 +25,7 @@ use tower_http::compression::CompressionLayer;
 use super::WebRoot;
 use super::accept::{self, BulkRep, FramesRep, Packaging};
 use crate::app::AppState;
-use crate::archive::{Bulk, Frames, Level, Located, RetrieveError};
+use crate::archive::{Bulk, Frames, Level, Located, RetrieveError, can_convert};
 use crate::auth::Tenant;
 use crate::db::HospitalDb;
 use crate::dicom::Uid;
@@ -41,6 +41,7 @@ impl From<RetrieveError> for ApiError {
             RetrieveError::NotFound | RetrieveError::NoSuchFrame(_) => ApiError::NotFound,
             RetrieveError::NoFrameIndex => ApiError::NotAcceptable(e.to_string()),
             RetrieveError::Db(db) => ApiError::from(db),
+            RetrieveError::Transcode(m) => ApiError::Internal(m),
             RetrieveError::Store(StoreError::Unavailable(m)) => ApiError::Unavailable(m),
             // The index points at a blob the store does not have, or the
             // store failed: ours, not the caller's.
@@ -159,9 +160,14 @@ async fn retrieve(
     let located = app.archive.locate(&scope, level).await?;
     let stored = app.archive.transfer_syntaxes(&scope, &located).await?;
     let single_allowed = matches!(level, Level::Instance(..));
-    let packaging = accept::instances(&accept::parse_accept(headers), &stored, single_allowed)?;
-    let blobs = app.archive.instance_blobs(scope, &located);
-    match packaging {
+    let rep = accept::instances(
+        &accept::parse_accept(headers),
+        &stored,
+        single_allowed,
+        can_convert,
+    )?;
+    let blobs = app.archive.instance_blobs(scope, &located, rep.target);
+    match rep.packaging {
         Packaging::Multipart => {
             let parts = blobs.map_ok(|b| Part {
                 content_type: format!("application/dicom; transfer-syntax={}", b.transfer_syntax),
