@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::{header, request::Parts as RequestParts};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -21,11 +21,11 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/studies",                  post(stow::store_instances))
         .route("/studies/{study}",          post(stow::store_instances_in_study))
-        .route("/studies/{study}",                                       get(wado::retrieve_study).merge(delete(wado::delete_study)))
-        .route("/studies/{study}/metadata",                              get(wado::retrieve_study_metadata).layer(wado::gzip()))
-        .route("/studies/{study}/series/{series}",                       get(wado::retrieve_series).merge(delete(wado::delete_series)))
-        .route("/studies/{study}/series/{series}/metadata",              get(wado::retrieve_series_metadata).layer(wado::gzip()))
-        .route("/studies/{study}/series/{series}/instances/{instance}",  get(wado::retrieve_instance).merge(delete(wado::delete_instance)))
+        .route("/studies/{study}",                                                       get(wado::retrieve_study).delete(wado::delete_study))
+        .route("/studies/{study}/metadata",                                              get(wado::retrieve_study_metadata).layer(wado::gzip()))
+        .route("/studies/{study}/series/{series}",                                       get(wado::retrieve_series).delete(wado::delete_series))
+        .route("/studies/{study}/series/{series}/metadata",                              get(wado::retrieve_series_metadata).layer(wado::gzip()))
+        .route("/studies/{study}/series/{series}/instances/{instance}",                  get(wado::retrieve_instance).delete(wado::delete_instance))
         .route("/studies/{study}/series/{series}/instances/{instance}/metadata",         get(wado::retrieve_instance_metadata).layer(wado::gzip()))
         .route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",  get(wado::retrieve_frames))
         .route("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{*path}", get(wado::retrieve_bulkdata))

@@ -243,20 +243,22 @@ async fn metadata(
     }
     let study_uid = located.study.uid.clone();
     let items = app.archive.instance_metadata(scope, &located).await?;
+    // `[`, the items separated by commas, `]`: one chunk per instance.
     let mut first = true;
-    let body = items
+    let items = items
         .map_ok(move |item| {
             let url = root.instance(&study_uid, &item.series_uid, &item.sop_uid);
             let mut chunk = String::with_capacity(item.json.len() + 256);
-            chunk.push(if std::mem::take(&mut first) { '[' } else { ',' });
+            if !std::mem::take(&mut first) {
+                chunk.push(',');
+            }
             chunk.push_str(&complete_bulk_uris(&item.json, &format!("{url}/bulkdata/")));
             Bytes::from(chunk)
         })
         .map_err(to_io);
-    // `[` comes with the first item; an empty list (a study deleted while
-    // this was streaming) still has to be an array.
-    let body = body.chain(stream::once(async move { Ok(Bytes::new()) }));
-    let body = close_array(body);
+    let body = stream::once(async { Ok(Bytes::from_static(b"[")) })
+        .chain(items)
+        .chain(stream::once(async { Ok(Bytes::from_static(b"]")) }));
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
     h.insert(
@@ -265,22 +267,6 @@ async fn metadata(
     );
     h.insert(header::ETAG, tag_value);
     Ok(resp)
-}
-
-/// Append `]` (or `[]` when nothing came) to a stream of array chunks that
-/// open with `[`.
-fn close_array(
-    body: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
-) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let mut opened = false;
-    body.map_ok(move |chunk| {
-        if !chunk.is_empty() {
-            opened = true;
-            return chunk;
-        }
-        // the empty marker chunk at the end
-        Bytes::from_static(if opened { b"]" } else { b"[]" })
-    })
 }
 
 /// Make the stored relative BulkDataURIs absolute. The pattern cannot occur
