@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::archive::Archive;
@@ -24,6 +25,8 @@ pub struct AppState {
     /// `--public-url`, for absolute RetrieveURL/BulkDataURI.
     pub public_url: Option<String>,
     pub max_request_bytes: u64,
+    /// QIDO-RS page sizes.
+    pub paging: crate::dicomweb::query::Paging,
 }
 
 impl AppState {
@@ -67,6 +70,10 @@ impl AppState {
             },
             public_url: config.public_url.clone(),
             max_request_bytes: config.max_request_bytes,
+            paging: crate::dicomweb::query::Paging {
+                default_limit: config.qido_default_limit,
+                max_limit: config.qido_max_limit,
+            },
         })
     }
 }
@@ -101,6 +108,22 @@ pub fn app(state: AppState) -> Router {
                     },
                 ),
         )
+        // JSON answers are gzip-compressed when the client accepts it; DICOM
+        // and pixel data are not (they compress poorly and cost CPU).
+        .layer(CompressionLayer::new().gzip(true).compress_when(
+            |_status: StatusCode,
+             _version: axum::http::Version,
+             headers: &axum::http::HeaderMap,
+             _ext: &axum::http::Extensions| {
+                headers
+                    .get(axum::http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|ct| {
+                        ct.starts_with("application/dicom+json")
+                            || ct.starts_with("application/json")
+                    })
+            },
+        ))
         .layer(CatchPanicLayer::new())
         .with_state(state)
 }

@@ -111,6 +111,15 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOUDPACS_MAX_REQUEST_BYTES", default_value_t = 4 << 30)]
     pub max_request_bytes: u64,
 
+    /// QIDO-RS results per page when the request gives no `limit`.
+    #[arg(long, env = "CLOUDPACS_QIDO_DEFAULT_LIMIT", default_value_t = 100)]
+    pub qido_default_limit: u64,
+
+    /// The most QIDO-RS results one request returns (a larger `limit` is cut,
+    /// with a `Warning: 299` header).
+    #[arg(long, env = "CLOUDPACS_QIDO_MAX_LIMIT", default_value_t = 1000)]
+    pub qido_max_limit: u64,
+
     /// Policy for a different object under a stored SOP Instance UID.
     /// Identical re-sends always succeed.
     #[arg(long, env = "CLOUDPACS_DUPLICATE_POLICY", value_enum, default_value_t = DuplicatePolicy::Reject)]

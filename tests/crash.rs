@@ -7,53 +7,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use sea_orm::{ConnectionTrait, Database, Statement};
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn start(data: &Path, db: Option<&str>, addr: SocketAddr) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudpacs"));
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--orphan-age-secs")
-        .arg("0");
-    if let Some(url) = db {
-        cmd.arg("--database-url").arg(url);
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(addr) {
-            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            if out.starts_with("HTTP/1.1 200") {
-                return child;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the server did not become ready");
-}
 
 /// POST one STOW body; the status code, or None when the connection died.
 fn stow(addr: SocketAddr, body: &[u8]) -> Option<u16> {
@@ -102,7 +60,7 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
     let mut n = 0u32;
     for (round, delay_ms) in [40u64, 130, 260, 420].into_iter().enumerate() {
         let addr = free_addr();
-        let mut server = start(dir.path(), db_url.as_deref(), addr);
+        let mut server = start_server(dir.path(), db_url.as_deref(), addr);
         let big = multipart(&[Synth::new(
             "1.2.826.0.1.3680043.8.498.77",
             "1.2.826.0.1.3680043.8.498.77.1",
@@ -150,7 +108,7 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
 
     // Restart: the start-up sweep removes what the crashes left.
     let addr = free_addr();
-    let mut server = start(dir.path(), db_url.as_deref(), addr);
+    let mut server = start_server(dir.path(), db_url.as_deref(), addr);
     let url = db_url.clone().unwrap_or_else(|| {
         format!(
             "sqlite://{}?mode=ro",
@@ -213,4 +171,51 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
     assert_eq!(files, stored.len(), "no orphan blob");
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// SIGTERM lets an upload in flight finish (and be acknowledged), then the
+/// process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database().await;
+    let addr = free_addr();
+    let mut server = start_server(dir.path(), db_url.as_deref(), addr);
+    let body = multipart(&[Synth::new(
+        "1.2.826.0.1.3680043.8.498.88",
+        "1.2.826.0.1.3680043.8.498.88.1",
+        "1.2.826.0.1.3680043.8.498.88.1.1",
+    )
+    .frames(300)
+    .bytes()]);
+    let upload = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "POST /dicom-web/studies HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: multipart/related; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        for chunk in body.chunks(4096) {
+            s.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let killed = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(server.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let response = upload.join().unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "the upload in flight was acknowledged: {response}"
+    );
+    let status = server.wait().unwrap();
+    assert!(status.success(), "clean exit: {status}");
 }

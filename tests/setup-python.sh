@@ -7,6 +7,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/target/pyenv"
 PY="$VENV/bin/python"
 PYDICOM_VERSION=3.0.2
+DWC_VERSION=0.61.2
 SCRIPT="$REPO/tests/fixtures/pydicom_corpus.py"
 OUT="$REPO/target/fixtures/pydicom"
 
@@ -21,9 +22,15 @@ if [ "$have" != "$PYDICOM_VERSION" ]; then
     "$PY" -m pip install --quiet --disable-pip-version-check "pydicom==$PYDICOM_VERSION" >&2
 fi
 
+have_dwc="$("$PY" -c 'import importlib.metadata as m; print(m.version("dicomweb-client"))' 2>/dev/null || true)"
+if [ "$have_dwc" != "$DWC_VERSION" ]; then
+    echo "setup-python: installing dicomweb-client==$DWC_VERSION" >&2
+    "$PY" -m pip install --quiet --disable-pip-version-check "dicomweb-client==$DWC_VERSION" >&2
+fi
+
 # Regenerate the corpus unless a manifest newer than the generator exists.
 if [ ! -f "$OUT/manifest.json" ] || [ "$SCRIPT" -nt "$OUT/manifest.json" ]; then
     echo "setup-python: building $OUT" >&2
     "$PY" "$SCRIPT" "$OUT" >&2
 fi
-echo "export CLOUDPACS_TEST_DATA=$OUT"
+echo "export CLOUDPACS_TEST_DATA=$OUT CLOUDPACS_TEST_PYTHON=$PY"

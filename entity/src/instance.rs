@@ -38,6 +38,19 @@ pub struct Model {
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::study::Entity",
+        from = "Column::StudyId",
+        to = "super::study::Column::Id"
+    )]
+    Study,
+    #[sea_orm(
+        belongs_to = "super::series::Entity",
+        from = "Column::SeriesId",
+        to = "super::series::Column::Id"
+    )]
+    Series,
+}
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -24,6 +24,19 @@ pub struct Model {
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::study::Entity",
+        from = "Column::StudyId",
+        to = "super::study::Column::Id"
+    )]
+    Study,
+}
+
+impl Related<super::study::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Study.def()
+    }
+}
 
 impl ActiveModelBehavior for ActiveModel {}

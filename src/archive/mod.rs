@@ -10,6 +10,7 @@ use crate::store::{BlobKey, BlobStore, Spool};
 
 mod ingest;
 mod retrieve;
+pub mod search;
 
 pub use ingest::{FailedInstance, FailureReason, PartOutcome, StoredInstance};
 pub use retrieve::{

@@ -17,6 +17,9 @@ use sea_orm::{
 
 mod instances;
 mod retrieve;
+mod search;
+
+pub use search::{InstanceHit, Search, SeriesHit};
 
 pub use instances::{IndexConflict, Indexed, NewInstance};
 pub use retrieve::{InstanceBlobRow, InstanceFilter, InstanceMetadataRow, SeriesRef, StudyRef};
@@ -77,6 +80,8 @@ impl Db {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true)
+                // LIKE case-sensitive as on PostgreSQL, and able to use indexes
+                .pragma("case_sensitive_like", "ON")
         });
         let conn = Database::connect(opt).await?;
         Ok(Db { conn })

@@ -7,6 +7,7 @@
 pub mod inspect;
 pub mod json;
 pub mod layout;
+pub mod query;
 pub mod uid;
 
 pub use inspect::{InspectError, Inspected, inspect_file};

@@ -20,7 +20,6 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tower_http::compression::CompressionLayer;
 
 use super::WebRoot;
 use super::accept::{self, BulkRep, FramesRep, Packaging};
@@ -48,11 +47,6 @@ impl From<RetrieveError> for ApiError {
             RetrieveError::Store(other) => ApiError::internal(other),
         }
     }
-}
-
-/// gzip for metadata responses, when the client accepts it.
-pub fn gzip() -> CompressionLayer {
-    CompressionLayer::new()
 }
 
 #[derive(Deserialize)]

@@ -2,9 +2,18 @@
 //! temporary folder, or a fresh PostgreSQL database when
 //! `TEST_DATABASE_URL` is set) with real migrations, plus builders of
 //! synthetic DICOM instances and STOW bodies.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::zombie_processes
+)]
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -34,6 +43,7 @@ pub struct TestAppBuilder {
     duplicate_policy: DuplicatePolicy,
     max_request_bytes: u64,
     public_url: Option<String>,
+    qido_limits: (u64, u64),
 }
 
 impl TestApp {
@@ -42,6 +52,7 @@ impl TestApp {
             duplicate_policy: DuplicatePolicy::Reject,
             max_request_bytes: 1 << 30,
             public_url: None,
+            qido_limits: (100, 1000),
         }
     }
 
@@ -123,6 +134,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// QIDO default and maximum page sizes.
+    pub fn qido_limits(mut self, default: u64, max: u64) -> Self {
+        self.qido_limits = (default, max);
+        self
+    }
+
     pub fn public_url(mut self, url: &str) -> Self {
         self.public_url = Some(url.to_owned());
         self
@@ -140,6 +157,8 @@ impl TestAppBuilder {
             storage: None,
             public_url: self.public_url,
             max_request_bytes: self.max_request_bytes,
+            qido_default_limit: self.qido_limits.0,
+            qido_max_limit: self.qido_limits.1,
             duplicate_policy: self.duplicate_policy,
             orphan_age_secs: 3600,
             log_format: LogFormat::Text,
@@ -357,4 +376,46 @@ pub fn corpus_dir() -> PathBuf {
 pub fn corpus_manifest() -> Vec<Value> {
     let text = std::fs::read_to_string(corpus_dir().join("manifest.json")).unwrap();
     serde_json::from_str(&text).unwrap()
+}
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Run the real binary on `addr` (orphans swept at start with age 0) and
+/// wait until it is ready.
+pub fn start_server(data: &Path, db: Option<&str>, addr: SocketAddr) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudpacs"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--orphan-age-secs")
+        .arg("0");
+    if let Some(url) = db {
+        cmd.arg("--database-url").arg(url);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return child;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the server did not become ready");
 }
