@@ -6,22 +6,24 @@
 //! Answers are strict: each negotiation returns exactly the representation
 //! served, and the handler labels it so.
 //!
-//! The choices where PS3.18 leaves room, as Azure's DICOM service and
-//! dcm4chee do:
+//! The choices where PS3.18 leaves room (to be written into
+//! conformance/CONFORMANCE.md):
 //! - A range naming a media type without a `transfer-syntax` asks for that
-//!   type's default syntax (Table 8.7.3-5: Explicit VR Little Endian for
-//!   `application/dicom` and `application/octet-stream`, .4.50 for
-//!   `image/jpeg`, …). A range naming none (`*/*`, `multipart/related`
-//!   without `type`, `type="*/*"`) constrains nothing: the stored syntax is
-//!   served.
-//! - `application/octet-stream; transfer-syntax=*` accepts compressed frames
-//!   too: they are served as `application/octet-stream` labelled with their
-//!   transfer syntax (what the client asked for; cornerstone reads the
-//!   `transfer-syntax` parameter, not the media type).
-//! - Only stored bytes are served (no transcoding yet), so a range that
-//!   would need a conversion does not match, and no match at all is a 406.
-//!   Native little-endian pixel data is the same in Implicit and Explicit VR
-//!   Little Endian, so native frames of either satisfy either.
+//!   type's default syntax (PS3.18 §8.7.3: Explicit VR Little Endian for
+//!   `application/dicom` and `application/octet-stream`; see
+//!   [`default_transfer_syntax`] for the image types). A range naming none
+//!   (`*/*`, `multipart/related` without `type`, `type="*/*"`) constrains
+//!   nothing: the stored syntax is served.
+//! - `application/octet-stream; transfer-syntax=*` (OHIF's frames Accept)
+//!   accepts compressed frames too: they are served as
+//!   `application/octet-stream` labelled with their transfer syntax, which
+//!   is what the client asked for (cornerstone reads the `transfer-syntax`
+//!   parameter, not the media type).
+//! - Pixel data is never decoded here, so a range that would need it does
+//!   not match, and no match at all is a 406. Whole instances may be
+//!   re-encoded between uncompressed little-endian syntaxes (the archive's
+//!   `can_convert`), and native little-endian frames are the same bytes in
+//!   Implicit and Explicit VR Little Endian, so either satisfies either.
 
 use axum::http::{HeaderMap, header};
 
