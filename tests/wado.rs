@@ -946,7 +946,12 @@ async fn delete_removes_rows_and_blobs_and_updates_counts() {
 
 #[tokio::test]
 async fn another_hospitals_uids_are_404_like_missing_ones() {
-    let app = TestApp::new().await;
+    let mut app = TestApp::new().await;
+    // A superadmin of `default` may act on `hosp_other` through its
+    // /tenants URL; on /dicom-web it acts on `default`, which has nothing.
+    app.key = app
+        .key_for("default", cloudpacs::auth::Role::Superadmin)
+        .await;
     let now = chrono::Utc::now().timestamp_millis();
     entity::hospital::ActiveModel {
         hospital_id: Set("hosp_other".into()),
@@ -1043,6 +1048,7 @@ async fn python_dicomweb_client_retrieves() {
         .expect("CLOUDPACS_TEST_PYTHON is not set: run `eval \"$(tests/setup-python.sh)\"` first");
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database().await;
+    let key = cli_key(dir.path(), db.as_deref(), "default", "writer");
     let addr = free_addr();
     let mut server = start_server(dir.path(), db.as_deref(), addr);
     let out = std::process::Command::new(python)
@@ -1052,6 +1058,7 @@ async fn python_dicomweb_client_retrieves() {
         ))
         .arg(format!("http://{addr}/dicom-web"))
         .arg(corpus_dir())
+        .arg(&key)
         .output()
         .unwrap();
     server.kill().unwrap();

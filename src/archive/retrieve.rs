@@ -137,6 +137,7 @@ impl Archive {
         };
         let study = scope.find_study(study_uid).await.map_err(not_found)?;
         let mut filter = InstanceFilter {
+            hospital_pk: study.hospital_pk,
             study_pk: study.pk,
             series_pk: None,
             instance_pk: None,
@@ -214,7 +215,7 @@ impl Archive {
         RetrieveError,
     > {
         let series: HashMap<i64, String> = scope
-            .series_uids(located.study.pk)
+            .series_uids(&located.study)
             .await?
             .into_iter()
             .collect();

@@ -17,10 +17,13 @@ use sea_orm::{
 use super::instances::recount;
 use super::{DbError, HospitalDb, now_millis};
 
-/// A study of this hospital, found by UID.
+/// A study this hospital may read (its own, or one shared with it), found
+/// by UID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StudyRef {
     pub pk: i64,
+    /// The hospital holding the study's rows (this one, or the sharer's).
+    pub hospital_pk: i64,
     pub uid: String,
     /// Milliseconds; changes with every ingest or delete in the study.
     pub updated_at: i64,
@@ -36,6 +39,8 @@ pub struct SeriesRef {
 /// Which instances of this hospital a read or delete covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InstanceFilter {
+    /// The hospital holding the rows: from a [`StudyRef`] only.
+    pub hospital_pk: i64,
     pub study_pk: i64,
     pub series_pk: Option<i64>,
     pub instance_pk: Option<i64>,
@@ -63,7 +68,7 @@ pub struct InstanceMetadataRow {
 impl HospitalDb {
     fn instances_of(&self, f: InstanceFilter) -> sea_orm::Select<instance::Entity> {
         let mut q = instance::Entity::find()
-            .filter(instance::Column::HospitalId.eq(self.hospital.pk))
+            .filter(instance::Column::HospitalId.eq(f.hospital_pk))
             .filter(instance::Column::StudyId.eq(f.study_pk));
         if let Some(s) = f.series_pk {
             q = q.filter(instance::Column::SeriesId.eq(s));
@@ -74,14 +79,21 @@ impl HospitalDb {
         q
     }
 
+    /// A study this hospital may read; its own copy first when another
+    /// hospital also shared a study with the same UID.
     pub async fn find_study(&self, study_uid: &str) -> Result<StudyRef, DbError> {
-        study::Entity::find()
-            .filter(study::Column::HospitalId.eq(self.hospital.pk))
+        let found = study::Entity::find()
+            .filter(self.visible_studies().await?)
             .filter(study::Column::StudyUid.eq(study_uid))
-            .one(self.db.conn())
-            .await?
+            .all(self.db.conn())
+            .await?;
+        let own = found.iter().position(|s| s.hospital_id == self.hospital.pk);
+        found
+            .into_iter()
+            .nth(own.unwrap_or(0))
             .map(|s| StudyRef {
                 pk: s.id,
+                hospital_pk: s.hospital_id,
                 uid: s.study_uid,
                 updated_at: s.updated_at,
             })
@@ -95,7 +107,7 @@ impl HospitalDb {
         series_uid: &str,
     ) -> Result<SeriesRef, DbError> {
         series::Entity::find()
-            .filter(series::Column::HospitalId.eq(self.hospital.pk))
+            .filter(series::Column::HospitalId.eq(study.hospital_pk))
             .filter(series::Column::StudyId.eq(study.pk))
             .filter(series::Column::SeriesUid.eq(series_uid))
             .one(self.db.conn())
@@ -115,6 +127,7 @@ impl HospitalDb {
         sop_uid: &str,
     ) -> Result<instance::Model, DbError> {
         self.instances_of(InstanceFilter {
+            hospital_pk: study.hospital_pk,
             study_pk: study.pk,
             series_pk: Some(series.pk),
             instance_pk: None,
@@ -126,13 +139,13 @@ impl HospitalDb {
     }
 
     /// The UIDs of the series of a study, by primary key.
-    pub async fn series_uids(&self, study_pk: i64) -> Result<Vec<(i64, String)>, DbError> {
+    pub async fn series_uids(&self, study: &StudyRef) -> Result<Vec<(i64, String)>, DbError> {
         Ok(series::Entity::find()
             .select_only()
             .column(series::Column::Id)
             .column(series::Column::SeriesUid)
-            .filter(series::Column::HospitalId.eq(self.hospital.pk))
-            .filter(series::Column::StudyId.eq(study_pk))
+            .filter(series::Column::HospitalId.eq(study.hospital_pk))
+            .filter(series::Column::StudyId.eq(study.pk))
             .into_tuple::<(i64, String)>()
             .all(self.db.conn())
             .await?)
@@ -221,6 +234,10 @@ impl HospitalDb {
     /// recounts, or drops, the series and study they leave. Returns the blob
     /// keys to delete; `NotFound` when nothing was covered.
     pub async fn delete_instances(&self, f: InstanceFilter) -> Result<Vec<String>, DbError> {
+        // A study shared with this hospital is read-only here.
+        if f.hospital_pk != self.hospital.pk {
+            return Err(DbError::NotFound);
+        }
         let txn = self.db.conn().begin().await?;
         let now = now_millis();
         // Lock the study row first, as ingest does, so a concurrent ingest

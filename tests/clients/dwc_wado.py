@@ -16,11 +16,11 @@ import pydicom
 from dicomweb_client.api import DICOMwebClient
 from pydicom.encaps import generate_frames
 
-base, corpus = sys.argv[1], sys.argv[2]
+base, corpus, key = sys.argv[1], sys.argv[2], sys.argv[3]
 origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
 files = ["files/rtdose.dcm", "files/rtdose_rle.dcm", "files/SC_rgb_rle_2frame.dcm",
          "files/examples_ybr_color.dcm", "files/CT_small.dcm"]
-client = DICOMwebClient(url=base)
+client = DICOMwebClient(url=base, headers={"Authorization": f"Bearer {key}"})
 datasets = [pydicom.dcmread(f"{corpus}/{f}") for f in files]
 client.store_instances(datasets)
 
