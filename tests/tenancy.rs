@@ -357,6 +357,30 @@ async fn sharing_makes_a_study_visible_read_only_and_revoking_hides_it() {
         1,
         "shared study's instances are visible"
     );
+    // readable through WADO too, but read-only
+    let (status, meta, _) = call(
+        app,
+        "GET",
+        &format!("/dicom-web/studies/{SA}/metadata"),
+        Some(&b),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(meta[0]["0020000D"]["Value"][0], SA);
+    let (status, _, _) = call(
+        app,
+        "DELETE",
+        &format!("/dicom-web/studies/{SA}"),
+        Some(&b),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a shared study cannot be deleted by the hospital it is shared with"
+    );
     // B cannot share or administer A's study
     let (status, _, _) = call(
         app,
@@ -398,6 +422,16 @@ async fn sharing_makes_a_study_visible_read_only_and_revoking_hides_it() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, body, _) = call(app, "GET", "/dicom-web/studies", Some(&b), None).await;
     assert_eq!(studies(&body), vec![SB], "revoked");
+    let (status, _, _) = call(
+        app,
+        "GET",
+        &format!("/dicom-web/studies/{SA}/metadata"),
+        Some(&b),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "revoked in WADO too");
+    assert_eq!(app.instance_count().await, 2, "the owner's study is intact");
 }
 
 #[tokio::test]
