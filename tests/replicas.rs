@@ -1,7 +1,8 @@
 //! Two `cloudpacs serve` replicas on one PostgreSQL database and one S3
 //! bucket: what one stores the other finds, and concurrent STOWs of the same
 //! study and of the same instances to both end consistent — one row per
-//! instance, one object per row, nothing else in the bucket, counts right.
+//! instance, one object per row, nothing else in the bucket, counts right;
+//! a replica killed mid-STOW loses nothing it acknowledged.
 //! Runs when `TEST_DATABASE_URL` is set (the PostgreSQL pass of
 //! `tests/run-all.sh`) and an S3 test server is configured.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
@@ -11,6 +12,8 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::s3::{S3Test, unique_prefix};
 use common::*;
@@ -21,20 +24,25 @@ use sha2::{Digest, Sha256};
 /// One HTTP/1.0 exchange (the answer is delimited by the connection's end,
 /// never chunked): status and body.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
+    try_http(addr, method, path, body).expect("an HTTP answer")
+}
+
+/// [`http`], or `None` when the connection fails or dies.
+fn try_http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr).ok()?;
     let head = format!(
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\
          Content-Type: multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}\r\n\
          Accept: application/dicom+json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let status = String::from_utf8_lossy(&out[9..12]).parse().unwrap();
-    (status, out[split + 4..].to_vec())
+    s.read_to_end(&mut out).ok()?;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status = String::from_utf8_lossy(out.get(9..12)?).parse().ok()?;
+    Some((status, out[split + 4..].to_vec()))
 }
 
 fn json(addr: SocketAddr, path: &str) -> Value {
@@ -50,7 +58,8 @@ struct Replicas {
     db_url: String,
     s3: S3Test,
     prefix: String,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    storage: String,
+    dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
 impl Drop for Replicas {
@@ -95,7 +104,8 @@ async fn replicas() -> Option<Replicas> {
         db_url,
         s3,
         prefix,
-        _dirs: dirs,
+        storage,
+        dirs,
     })
 }
 
@@ -226,6 +236,88 @@ async fn concurrent_stows_to_both_replicas_end_consistent() {
     assert!(dup.is_empty(), "{dup:?}");
     // No orphan: the bucket holds exactly the indexed objects, and no blob
     // is left in the journal of uploads in progress.
+    assert_eq!(r.objects().await, r.indexed_objects().await);
+    assert!(
+        r.rows("SELECT blob_key FROM pending_blobs")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_stow_loses_nothing_acknowledged() {
+    let Some(mut r) = replicas().await else {
+        return;
+    };
+    let study = "1.2.3.6003";
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    // STOWs to A, one after the other, each a few instances.
+    let sender = {
+        let (a, acked) = (r.a, acked.clone());
+        std::thread::spawn(move || {
+            for n in 0..400 {
+                let sops: Vec<String> = (0..4).map(|i| format!("{study}.1.{n}{i}")).collect();
+                let parts: Vec<Vec<u8>> = sops
+                    .iter()
+                    .map(|sop| {
+                        Synth::new(study, &format!("{study}.1"), sop)
+                            .frames(8)
+                            .bytes()
+                    })
+                    .collect();
+                match try_http(a, "POST", "/dicom-web/studies", &multipart(&parts)) {
+                    Some((200, _)) => acked.lock().unwrap().extend(sops),
+                    _ => return,
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 20 {
+        assert!(Instant::now() < deadline, "no STOW acknowledged");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    r.children[0].kill().unwrap(); // SIGKILL, in the middle of a STOW
+    r.children[0].wait().unwrap();
+    sender.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+
+    // B serves every acknowledged instance; every row has its object.
+    let found = json(
+        r.b,
+        &format!("/dicom-web/studies/{study}/instances?limit=1000&includefield=00080018"),
+    );
+    let found: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["00080018"]["Value"][0].as_str().unwrap())
+        .collect();
+    for sop in &acked {
+        assert!(found.contains(&sop.as_str()), "{sop} was acknowledged");
+    }
+    let objects = r.objects().await;
+    let indexed = r.indexed_objects().await;
+    assert!(
+        indexed.iter().all(|k| objects.contains(k)),
+        "a row without its object"
+    );
+
+    // A restarts (orphans older than 0 s swept at start): the bucket holds
+    // exactly the indexed objects again.
+    let args = [
+        "--storage",
+        r.storage.as_str(),
+        "--s3-endpoint",
+        r.s3.endpoint.as_str(),
+    ];
+    let envs = [
+        ("AWS_ACCESS_KEY_ID", r.s3.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", r.s3.secret_key.as_str()),
+        ("AWS_REGION", r.s3.region.as_str()),
+    ];
+    let restarted = start_server_with(r.dirs.0.path(), Some(&r.db_url), r.a, &args, &envs);
+    r.children[0] = restarted;
     assert_eq!(r.objects().await, r.indexed_objects().await);
     assert!(
         r.rows("SELECT blob_key FROM pending_blobs")

@@ -27,7 +27,11 @@ log() { echo "[start-s3] $*" >&2; }
 
 if [ "${1:-start}" = "stop" ]; then
     if [ -n "${CLOUDPACS_TEST_S3_PID:-}" ]; then
-        kill "$CLOUDPACS_TEST_S3_PID" 2>/dev/null && log "stopped pid $CLOUDPACS_TEST_S3_PID" || true
+        if kill "$CLOUDPACS_TEST_S3_PID" 2>/dev/null; then
+            # Wait until it is gone before its folder is removed.
+            for _ in $(seq 1 50); do kill -0 "$CLOUDPACS_TEST_S3_PID" 2>/dev/null || break; sleep 0.1; done
+            log "stopped pid $CLOUDPACS_TEST_S3_PID"
+        fi
     fi
     if [ -n "${CLOUDPACS_TEST_S3_STATE:-}" ] && [ -d "$CLOUDPACS_TEST_S3_STATE" ]; then
         rm -rf "$CLOUDPACS_TEST_S3_STATE"
