@@ -11,9 +11,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::archive::Archive;
+use crate::auth::jwt::{JwtKeys, Oidc};
 use crate::config::ServeConfig;
 use crate::db::Db;
 use crate::store::{self, Spool};
@@ -27,6 +29,12 @@ pub struct AppState {
     pub max_request_bytes: u64,
     /// QIDO-RS page sizes.
     pub paging: crate::dicomweb::query::Paging,
+    /// Token keys (login tokens and the external provider's).
+    pub jwt: Arc<JwtKeys>,
+    /// Allowed CORS origins.
+    pub cors_origins: Vec<String>,
+    /// Whether this start created the index (and the hospital `default`).
+    pub first_start: bool,
 }
 
 impl AppState {
@@ -48,11 +56,11 @@ impl AppState {
         db.migrate()
             .await
             .map_err(|e| format!("cannot migrate the index: {e}"))?;
-        if db
+        let first_start = db
             .ensure_default_hospital()
             .await
-            .map_err(|e| e.to_string())?
-        {
+            .map_err(|e| e.to_string())?;
+        if first_start {
             tracing::info!("created the hospital `default` on an empty index");
         }
         let store = store::open(&config.storage()?)
@@ -74,14 +82,69 @@ impl AppState {
                 default_limit: config.qido_default_limit,
                 max_limit: config.qido_max_limit,
             },
+            jwt: Arc::new(jwt_keys(config).await?),
+            cors_origins: config.cors_origins.clone(),
+            first_start,
         })
     }
+}
+
+/// The login-token key (configured, or kept in the data dir) and the
+/// external provider's keys.
+async fn jwt_keys(config: &ServeConfig) -> Result<JwtKeys, String> {
+    let a = &config.auth;
+    let secret = match &a.jwt_secret {
+        Some(s) if s.len() >= 32 => s.clone().into_bytes(),
+        Some(_) => return Err("--jwt-secret must be at least 32 characters".into()),
+        None => {
+            let path = config.db.data_dir.join("jwt.key");
+            match tokio::fs::read_to_string(&path).await {
+                Ok(s) => s.trim().as_bytes().to_vec(),
+                Err(_) => {
+                    let key = crate::auth::keys::generate().hash;
+                    write_private(&path, &key)
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    key.into_bytes()
+                }
+            }
+        }
+    };
+    let oidc = match (&a.oidc_issuer, &a.oidc_audience, &a.oidc_jwks_file) {
+        (Some(issuer), Some(audience), Some(file)) => {
+            let text = tokio::fs::read_to_string(file)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let keys = serde_json::from_str(&text)
+                .map_err(|e| format!("{} is not a JWKS document: {e}", file.display()))?;
+            Some(Oidc {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                keys,
+                hospital_claim: a.oidc_hospital_claim.clone(),
+                roles_claim: a.oidc_roles_claim.clone(),
+            })
+        }
+        _ => None,
+    };
+    Ok(JwtKeys::new(&secret, a.jwt_ttl_secs, oidc))
+}
+
+/// Write a file readable by the owner only.
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(content.as_bytes())
 }
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     let dicomweb = crate::dicomweb::routes();
+    let cors = cors(&state.cors_origins);
     Router::new()
+        .nest("/api", crate::admin::routes())
         .nest("/dicom-web", dicomweb.clone())
         .nest("/tenants/{hospital_id}/dicom-web", dicomweb)
         .route("/healthz", get(healthz))
@@ -125,7 +188,36 @@ pub fn app(state: AppState) -> Router {
             },
         ))
         .layer(CatchPanicLayer::new())
+        .layer(cors)
         .with_state(state)
+}
+
+/// CORS for the configured origins only (OHIF calls from another origin
+/// with an `Authorization` header; errors carry the headers too).
+fn cors(origins: &[String]) -> CorsLayer {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("if-none-match"),
+        ])
+        .expose_headers([header::WARNING, header::ETAG, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(3600))
 }
 
 async fn healthz() -> &'static str {

@@ -12,16 +12,26 @@ use clap::{Args, ValueEnum};
 pub struct DbArgs {
     /// Folder of the embedded default: the SQLite index (`index.sqlite`), the
     /// `blobs/` folder and the `spool/` folder of uploads in progress.
-    #[arg(long, env = "CLOUDPACS_DATA_DIR", default_value = "./cloudpacs-data")]
+    #[arg(
+        long,
+        env = "CLOUDPACS_DATA_DIR",
+        default_value = "./cloudpacs-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Index database URL (`postgres://…` or `sqlite://…`). Default: the
     /// SQLite file in the data dir.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 
     /// Maximum connections in the database pool.
-    #[arg(long, env = "CLOUDPACS_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "CLOUDPACS_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_max_connections: u32,
 }
 
@@ -78,6 +88,57 @@ pub enum DuplicatePolicy {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Tokens for people: the key of tokens issued at login, and an optional
+/// external OpenID Connect provider.
+#[derive(Args, Clone, Default)]
+pub struct AuthConfig {
+    /// Secret signing the tokens issued by `POST /api/auth/login` (HS256).
+    /// Default: generated at first start into `<data-dir>/jwt.key` (0600);
+    /// replicas must share one secret, so set it when running several.
+    #[arg(long, env = "CLOUDPACS_JWT_SECRET")]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of issued tokens, in seconds.
+    #[arg(long, env = "CLOUDPACS_JWT_TTL_SECS", default_value_t = 8 * 3600)]
+    pub jwt_ttl_secs: i64,
+
+    /// Issuer (`iss`) of an external OpenID Connect provider's tokens.
+    #[arg(long, env = "CLOUDPACS_OIDC_ISSUER", requires_all = ["oidc_audience", "oidc_jwks_file"])]
+    pub oidc_issuer: Option<String>,
+
+    /// Audience (`aud`) the provider's tokens must carry.
+    #[arg(long, env = "CLOUDPACS_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+
+    /// The provider's public keys (a JWKS document, RS256/ES256).
+    #[arg(long, env = "CLOUDPACS_OIDC_JWKS_FILE")]
+    pub oidc_jwks_file: Option<PathBuf>,
+
+    /// Claim of the provider's tokens holding the hospital id.
+    #[arg(
+        long,
+        env = "CLOUDPACS_OIDC_HOSPITAL_CLAIM",
+        default_value = "hospital"
+    )]
+    pub oidc_hospital_claim: String,
+
+    /// Claim holding the roles (an array, or a space/comma-separated string).
+    #[arg(long, env = "CLOUDPACS_OIDC_ROLES_CLAIM", default_value = "roles")]
+    pub oidc_roles_claim: String,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
+            .field("jwt_ttl_secs", &self.jwt_ttl_secs)
+            .field("oidc_issuer", &self.oidc_issuer)
+            .field("oidc_audience", &self.oidc_audience)
+            .field("oidc_jwks_file", &self.oidc_jwks_file)
+            .finish()
+    }
 }
 
 /// Where blobs are stored.
@@ -302,6 +363,14 @@ pub struct ServeConfig {
     /// (a crash mid-ingest) is deleted.
     #[arg(long, env = "CLOUDPACS_ORPHAN_AGE_SECS", default_value_t = 3600)]
     pub orphan_age_secs: u64,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    /// Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    /// `https://viewer.example.org`. None by default; never a wildcard.
+    #[arg(long, env = "CLOUDPACS_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 
     /// Log format.
     #[arg(long, env = "CLOUDPACS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

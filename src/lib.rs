@@ -3,6 +3,7 @@
 //! Dependency direction: `dicomweb` (HTTP) -> `archive` (domain) ->
 //! {`db`, `store`, `dicom`}; `auth` builds the hospital-scoped index handle.
 
+pub mod admin;
 pub mod app;
 pub mod archive;
 pub mod auth;

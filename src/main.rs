@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use cloudpacs::admin;
+use cloudpacs::auth::Role;
 use cloudpacs::config::{DbArgs, LogFormat, ServeConfig};
+use cloudpacs::db::{Db, HospitalPatch};
 use cloudpacs::{AppState, app};
 use tracing_subscriber::EnvFilter;
 
@@ -22,6 +25,97 @@ enum Command {
     Serve(Box<ServeConfig>),
     /// Apply the index migrations and exit.
     Migrate(DbArgs),
+    /// Hospitals (tenants).
+    Hospital {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        action: HospitalCmd,
+    },
+    /// API keys of a hospital (for Orthanc, agents, tools).
+    Key {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        action: KeyCmd,
+    },
+    /// Users (people who log in).
+    User {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        action: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum HospitalCmd {
+    /// Register a hospital; prints its id and its admin API key (shown only now).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "basic")]
+        plan: String,
+        #[arg(long)]
+        contact_email: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List hospitals.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one hospital.
+    Show { id: String },
+    /// Suspend a hospital: its requests get 403, its data is kept.
+    Suspend { id: String },
+    /// Activate a hospital again.
+    Activate { id: String },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Create an API key; prints it (shown only now).
+    Create {
+        #[arg(long)]
+        hospital: String,
+        #[arg(long, default_value = "writer")]
+        role: String,
+        #[arg(long, default_value = "api key")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key.
+    Revoke {
+        #[arg(long)]
+        hospital: String,
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user.
+    Create {
+        #[arg(long)]
+        hospital: String,
+        #[arg(long)]
+        username: String,
+        /// The password (also read from CLOUDPACS_USER_PASSWORD).
+        #[arg(long, env = "CLOUDPACS_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value = "reader")]
+        role: String,
+        /// Other hospitals the user may access.
+        #[arg(long, value_delimiter = ',')]
+        access: Vec<String>,
+        #[arg(long)]
+        superadmin: bool,
+        #[arg(long)]
+        email: Option<String>,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -46,6 +140,9 @@ async fn main() -> ExitCode {
             init_logs(LogFormat::Text);
             migrate(db).await
         }
+        Command::Hospital { db, action } => hospital(db, action).await,
+        Command::Key { db, action } => key(db, action).await,
+        Command::User { db, action } => user(db, action).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,21 +153,179 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn migrate(db: DbArgs) -> Result<(), String> {
+/// Open (and migrate) the index for an admin command; works while the
+/// server runs.
+async fn open_db(db: &DbArgs) -> Result<Db, String> {
     tokio::fs::create_dir_all(&db.data_dir)
         .await
         .map_err(|e| e.to_string())?;
-    let conn = cloudpacs::db::Db::connect(&db.url(), 1)
+    let conn = Db::connect(&db.url(), 2).await.map_err(|e| e.to_string())?;
+    conn.migrate().await.map_err(|e| e.to_string())?;
+    conn.ensure_default_hospital()
         .await
         .map_err(|e| e.to_string())?;
-    conn.migrate().await.map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+async fn migrate(db: DbArgs) -> Result<(), String> {
+    open_db(&db).await?;
     tracing::info!("index migrated");
+    Ok(())
+}
+
+fn api(e: cloudpacs::error::ApiError) -> String {
+    match e {
+        cloudpacs::error::ApiError::Internal(detail) => detail,
+        other => other.to_string(),
+    }
+}
+
+async fn hospital(db: DbArgs, action: HospitalCmd) -> Result<(), String> {
+    let db = open_db(&db).await?;
+    match action {
+        HospitalCmd::Create {
+            name,
+            plan,
+            contact_email,
+            json,
+        } => {
+            let req = admin::HospitalRequest {
+                name,
+                contact_email,
+                contact_phone: None,
+                address: None,
+                plan: Some(plan),
+            };
+            let (h, key) = admin::create_hospital(&db, req).await.map_err(api)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"hospitalId": h.hospital_id, "apiKey": key})
+                );
+            } else {
+                println!(
+                    "hospital {} created\nadmin API key (shown only now): {key}",
+                    h.hospital_id
+                );
+            }
+        }
+        HospitalCmd::List { json } => {
+            let all = db.list_hospitals().await.map_err(|e| e.to_string())?;
+            if json {
+                let list: Vec<_> = all.iter().map(admin::hospital_json).collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for h in all {
+                    println!("{}\t{}\t{}\t{}", h.hospital_id, h.status, h.plan, h.name);
+                }
+            }
+        }
+        HospitalCmd::Show { id } => {
+            let h = db
+                .hospital_model(&id)
+                .await
+                .map_err(|e| format!("{id}: {e}"))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&admin::hospital_json(&h)).unwrap_or_default()
+            );
+        }
+        HospitalCmd::Suspend { id } => set_status(&db, &id, "suspended").await?,
+        HospitalCmd::Activate { id } => set_status(&db, &id, "active").await?,
+    }
+    Ok(())
+}
+
+async fn set_status(db: &Db, id: &str, status: &str) -> Result<(), String> {
+    let patch = HospitalPatch {
+        status: Some(status.into()),
+        ..Default::default()
+    };
+    db.update_hospital(id, patch)
+        .await
+        .map_err(|e| format!("{id}: {e}"))?;
+    println!("hospital {id} is {status}");
+    Ok(())
+}
+
+async fn key(db: DbArgs, action: KeyCmd) -> Result<(), String> {
+    let db = open_db(&db).await?;
+    match action {
+        KeyCmd::Create {
+            hospital,
+            role,
+            name,
+            json,
+        } => {
+            let role = Role::parse(&role).ok_or_else(|| format!("unknown role {role:?}"))?;
+            let (key_id, key) = admin::create_key(&db, &hospital, role, &name)
+                .await
+                .map_err(api)?;
+            if json {
+                println!("{}", serde_json::json!({"keyId": key_id, "apiKey": key}));
+            } else {
+                println!(
+                    "key {key_id} ({}) created\nAPI key (shown only now): {key}",
+                    role.as_str()
+                );
+            }
+        }
+        KeyCmd::Revoke { hospital, key_id } => {
+            let h = db
+                .find_hospital(&hospital)
+                .await
+                .map_err(|e| format!("{hospital}: {e}"))?;
+            db.revoke_key(h.pk, &key_id)
+                .await
+                .map_err(|e| format!("{key_id}: {e}"))?;
+            println!("key {key_id} revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn user(db: DbArgs, action: UserCmd) -> Result<(), String> {
+    let db = open_db(&db).await?;
+    let UserCmd::Create {
+        hospital,
+        username,
+        password,
+        role,
+        access,
+        superadmin,
+        email,
+    } = action;
+    let req = admin::UserRequest {
+        username: username.clone(),
+        password,
+        email,
+        roles: vec![role],
+        accessible_hospitals: access,
+        superadmin,
+    };
+    let id = admin::create_user(&db, &hospital, req).await.map_err(api)?;
+    println!("user {username} created (id {id})");
     Ok(())
 }
 
 async fn serve(config: ServeConfig) -> Result<(), String> {
     tracing::info!(config = ?config, "starting");
     let state = AppState::open(&config).await?;
+    if state.first_start {
+        // Printed once, on the terminal only (never into the logs).
+        let (key_id, key) = admin::create_key(
+            &state.archive.db,
+            cloudpacs::db::DEFAULT_HOSPITAL,
+            Role::Superadmin,
+            "superadmin",
+        )
+        .await
+        .map_err(api)?;
+        eprintln!(
+            "\ncloudpacs: first start. Superadmin API key {key_id} of hospital `default` (shown only now):\n  {key}\n\
+             Use it as `Authorization: Bearer <key>`; create narrower keys with `cloudpacs key create`.\n"
+        );
+    }
     let orphan_age = Duration::from_secs(config.orphan_age_secs);
     match state.archive.sweep_orphans(orphan_age).await {
         Ok(n) if n > 0 => tracing::info!(removed = n, "deleted orphan blobs"),

@@ -14,6 +14,7 @@ async fn python_dicomweb_client_stores_and_searches() {
         .expect("CLOUDPACS_TEST_PYTHON is not set: run `eval \"$(tests/setup-python.sh)\"` first");
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database().await;
+    let key = cli_key(dir.path(), db.as_deref(), "default", "writer");
     let addr = free_addr();
     let mut server = start_server(dir.path(), db.as_deref(), addr);
     let out = Command::new(python)
@@ -23,6 +24,7 @@ async fn python_dicomweb_client_stores_and_searches() {
         ))
         .arg(format!("http://{addr}/dicom-web"))
         .arg(corpus_dir())
+        .arg(&key)
         .output()
         .unwrap();
     server.kill().unwrap();

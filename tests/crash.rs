@@ -14,10 +14,10 @@ use common::*;
 use sea_orm::{ConnectionTrait, Database, Statement};
 
 /// POST one STOW body; the status code, or None when the connection died.
-fn stow(addr: SocketAddr, body: &[u8]) -> Option<u16> {
+fn stow(addr: SocketAddr, key: &str, body: &[u8]) -> Option<u16> {
     let mut s = TcpStream::connect(addr).ok()?;
     let head = format!(
-        "POST /dicom-web/studies HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "POST /dicom-web/studies HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
@@ -30,12 +30,12 @@ fn stow(addr: SocketAddr, body: &[u8]) -> Option<u16> {
 }
 
 /// A large upload sent slowly, so the kill often lands inside it.
-fn slow_stow(addr: SocketAddr, body: Vec<u8>) {
+fn slow_stow(addr: SocketAddr, key: &str, body: Vec<u8>) {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return;
     };
     let head = format!(
-        "POST /dicom-web/studies HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "POST /dicom-web/studies HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: multipart/related; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
@@ -56,6 +56,7 @@ fn slow_stow(addr: SocketAddr, body: Vec<u8>) {
 async fn kill_minus_nine_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let db_url = fresh_database().await;
+    let key = cli_key(dir.path(), db_url.as_deref(), "default", "writer");
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut n = 0u32;
     for (round, delay_ms) in [40u64, 130, 260, 420].into_iter().enumerate() {
@@ -68,10 +69,11 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
         )
         .frames(400)
         .bytes()]);
-        let slow = std::thread::spawn(move || slow_stow(addr, big));
+        let slow_key = key.clone();
+        let slow = std::thread::spawn(move || slow_stow(addr, &slow_key, big));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
-            let (acked, stop) = (acked.clone(), stop.clone());
+            let (acked, stop, key) = (acked.clone(), stop.clone(), key.clone());
             let start_n = n;
             std::thread::spawn(move || {
                 let mut i = start_n;
@@ -85,7 +87,7 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
                     )
                     .frames(20)
                     .bytes()]);
-                    match stow(addr, &body) {
+                    match stow(addr, &key, &body) {
                         Some(200) => acked.lock().unwrap().push(sop),
                         Some(other) => panic!("unexpected status {other}"),
                         None => break,
@@ -179,6 +181,7 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
 async fn sigterm_finishes_in_flight_requests() {
     let dir = tempfile::tempdir().unwrap();
     let db_url = fresh_database().await;
+    let key = cli_key(dir.path(), db_url.as_deref(), "default", "writer");
     let addr = free_addr();
     let mut server = start_server(dir.path(), db_url.as_deref(), addr);
     let body = multipart(&[Synth::new(
@@ -191,7 +194,7 @@ async fn sigterm_finishes_in_flight_requests() {
     let upload = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         let head = format!(
-            "POST /dicom-web/studies HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+            "POST /dicom-web/studies HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\
              Content-Type: multipart/related; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );

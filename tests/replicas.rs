@@ -23,15 +23,21 @@ use sha2::{Digest, Sha256};
 
 /// One HTTP/1.0 exchange (the answer is delimited by the connection's end,
 /// never chunked): status and body.
-fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    try_http(addr, method, path, body).expect("an HTTP answer")
+fn http(addr: SocketAddr, key: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    try_http(addr, key, method, path, body).expect("an HTTP answer")
 }
 
 /// [`http`], or `None` when the connection fails or dies.
-fn try_http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
+fn try_http(
+    addr: SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(addr).ok()?;
     let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}\r\n\
          Accept: application/dicom+json\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -45,8 +51,8 @@ fn try_http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Option<(
     Some((status, out[split + 4..].to_vec()))
 }
 
-fn json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = http(addr, "GET", path, b"");
+fn json(addr: SocketAddr, key: &str, path: &str) -> Value {
+    let (status, body) = http(addr, key, "GET", path, b"");
     assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).unwrap()
 }
@@ -60,6 +66,8 @@ struct Replicas {
     prefix: String,
     storage: String,
     dirs: (tempfile::TempDir, tempfile::TempDir),
+    /// An admin API key of the hospital `default`.
+    key: String,
 }
 
 impl Drop for Replicas {
@@ -97,7 +105,9 @@ async fn replicas() -> Option<Replicas> {
         start_server_with(dirs.0.path(), Some(&db_url), a, &args, &envs),
         start_server_with(dirs.1.path(), Some(&db_url), b, &args, &envs),
     ];
+    let key = cli_key(dirs.0.path(), Some(&db_url), "default", "admin");
     Some(Replicas {
+        key,
         a,
         b,
         children,
@@ -149,13 +159,27 @@ async fn what_one_replica_stores_the_other_finds() {
     let parts: Vec<Vec<u8>> = (1..=3)
         .map(|i| Synth::new(study, &format!("{study}.1"), &format!("{study}.1.{i}")).bytes())
         .collect();
-    let (status, body) = http(r.a, "POST", "/dicom-web/studies", &multipart(&parts));
+    let (status, body) = http(
+        r.a,
+        &r.key,
+        "POST",
+        "/dicom-web/studies",
+        &multipart(&parts),
+    );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 
-    let found = json(r.b, &format!("/dicom-web/studies?StudyInstanceUID={study}"));
+    let found = json(
+        r.b,
+        &r.key,
+        &format!("/dicom-web/studies?StudyInstanceUID={study}"),
+    );
     assert_eq!(found.as_array().unwrap().len(), 1);
     assert_eq!(study_attr(&found[0], "00201208"), 3);
-    let instances = json(r.b, &format!("/dicom-web/studies/{study}/instances"));
+    let instances = json(
+        r.b,
+        &r.key,
+        &format!("/dicom-web/studies/{study}/instances"),
+    );
     assert_eq!(instances.as_array().unwrap().len(), 3);
 
     // The objects are the bytes sent, one per row.
@@ -190,9 +214,9 @@ async fn concurrent_stows_to_both_replicas_end_consistent() {
             multipart(&parts)
         };
         let (body_a, body_b) = (body_for(1, 10), body_for(2, 20));
-        let (a, b) = (r.a, r.b);
-        let ta = std::thread::spawn(move || http(a, "POST", "/dicom-web/studies", &body_a));
-        let tb = std::thread::spawn(move || http(b, "POST", "/dicom-web/studies", &body_b));
+        let (a, b, ka, kb) = (r.a, r.b, r.key.clone(), r.key.clone());
+        let ta = std::thread::spawn(move || http(a, &ka, "POST", "/dicom-web/studies", &body_a));
+        let tb = std::thread::spawn(move || http(b, &kb, "POST", "/dicom-web/studies", &body_b));
         let answers = [ta.join().unwrap(), tb.join().unwrap()];
 
         // The shared and own instances are stored by both; exactly one of
@@ -215,14 +239,16 @@ async fn concurrent_stows_to_both_replicas_end_consistent() {
         for addr in [r.a, r.b] {
             let found = json(
                 addr,
+                &r.key,
                 &format!("/dicom-web/studies?StudyInstanceUID={study}"),
             );
             assert_eq!(study_attr(&found[0], "00201208"), expected, "round {round}");
             assert_eq!(study_attr(&found[0], "00201206"), 1);
-            let series = json(addr, &format!("/dicom-web/studies/{study}/series"));
+            let series = json(addr, &r.key, &format!("/dicom-web/studies/{study}/series"));
             assert_eq!(study_attr(&series[0], "00201209"), expected);
             let instances = json(
                 addr,
+                &r.key,
                 &format!("/dicom-web/studies/{study}/instances?limit=1000"),
             );
             assert_eq!(instances.as_array().unwrap().len() as u64, expected);
@@ -253,7 +279,7 @@ async fn a_replica_killed_mid_stow_loses_nothing_acknowledged() {
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     // STOWs to A, one after the other, each a few instances.
     let sender = {
-        let (a, acked) = (r.a, acked.clone());
+        let (a, key, acked) = (r.a, r.key.clone(), acked.clone());
         std::thread::spawn(move || {
             for n in 0..400 {
                 let sops: Vec<String> = (0..4).map(|i| format!("{study}.1.{n}{i}")).collect();
@@ -265,7 +291,7 @@ async fn a_replica_killed_mid_stow_loses_nothing_acknowledged() {
                             .bytes()
                     })
                     .collect();
-                match try_http(a, "POST", "/dicom-web/studies", &multipart(&parts)) {
+                match try_http(a, &key, "POST", "/dicom-web/studies", &multipart(&parts)) {
                     Some((200, _)) => acked.lock().unwrap().extend(sops),
                     _ => return,
                 }
@@ -285,6 +311,7 @@ async fn a_replica_killed_mid_stow_loses_nothing_acknowledged() {
     // B serves every acknowledged instance; every row has its object.
     let found = json(
         r.b,
+        &r.key,
         &format!("/dicom-web/studies/{study}/instances?limit=1000&includefield=00080018"),
     );
     let found: Vec<&str> = found

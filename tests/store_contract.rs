@@ -356,11 +356,12 @@ async fn s3_bucket_per_hospital() {
 }
 
 /// A STOW body whose parts can be sent one at a time.
-fn stow_request(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Request<Body> {
+fn stow_request(rx: tokio::sync::mpsc::Receiver<Bytes>, key: &str) -> Request<Body> {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
     });
     Request::post("/dicom-web/studies")
+        .header("authorization", format!("Bearer {key}"))
         .header(
             "content-type",
             format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"),
@@ -401,10 +402,10 @@ async fn stow_with_s3_stopped_midway_fails_those_parts_and_recovers() {
 
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let request = {
-        let router = app.router.clone();
+        let (router, req) = (app.router.clone(), stow_request(rx, &app.key));
         tokio::spawn(async move {
             use tower::ServiceExt;
-            router.oneshot(stow_request(rx)).await.unwrap()
+            router.oneshot(req).await.unwrap()
         })
     };
     tx.send(Bytes::copy_from_slice(&body[..second]))

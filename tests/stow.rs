@@ -514,9 +514,11 @@ async fn concurrent_uploads_of_one_instance_leave_one_row_and_one_blob() {
         .map(|_| {
             let router = app.router.clone();
             let body = body.clone();
+            let auth = format!("Bearer {}", app.key);
             tokio::spawn(async move {
                 use tower::ServiceExt;
                 let req = Request::post("/dicom-web/studies")
+                    .header("authorization", auth)
                     .header(
                         "content-type",
                         format!("multipart/related; type=application/dicom; boundary={BOUNDARY}"),
@@ -550,9 +552,11 @@ async fn concurrent_different_objects_under_one_uid_store_exactly_one() {
         .map(|i| {
             let router = app.router.clone();
             let body = multipart(&[synth(1).fill(i * 10).bytes()]);
+            let auth = format!("Bearer {}", app.key);
             tokio::spawn(async move {
                 use tower::ServiceExt;
                 let req = Request::post("/dicom-web/studies")
+                    .header("authorization", auth)
                     .header(
                         "content-type",
                         format!("multipart/related; boundary={BOUNDARY}"),

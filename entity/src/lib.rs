@@ -2,8 +2,11 @@
 //!
 //! The schema itself is owned by the `migration` crate; these mirror it.
 
+pub mod api_key;
 pub mod hospital;
 pub mod instance;
 pub mod pending_blob;
 pub mod series;
 pub mod study;
+pub mod study_share;
+pub mod user;

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_core;
 mod m20261128_000002_qido_indexes;
+mod m20261128_000003_credentials;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_core::Migration),
             Box::new(m20261128_000002_qido_indexes::Migration),
+            Box::new(m20261128_000003_credentials::Migration),
         ]
     }
 }

@@ -15,11 +15,13 @@ use sea_orm::{
     DbBackend, DbErr, EntityTrait, QueryFilter, Statement,
 };
 
+mod admin;
 mod instances;
 mod search;
 
 pub use search::{InstanceHit, Search, SeriesHit};
 
+pub use admin::{HospitalPatch, NewHospital, NewUser, is_conflict};
 pub use instances::{IndexConflict, Indexed, NewInstance};
 
 /// The id of the hospital created on an empty index.

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use entity::{instance, series, study};
+use entity::{instance, series, study, study_share};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query, SimpleExpr};
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, JoinType, Order, QueryFilter, QueryOrder, QuerySelect,
@@ -146,11 +146,53 @@ fn conditions(search: &Search) -> Condition {
 }
 
 impl HospitalDb {
+    /// The studies this hospital may read: its own, and those another
+    /// hospital shared with it. Checked once per search so that hospitals
+    /// without shares keep the plain, index-friendly condition.
+    async fn visible_studies(&self) -> Result<Condition, DbError> {
+        let own = Expr::col((study::Entity, study::Column::HospitalId)).eq(self.hospital.pk);
+        let has_shares = study_share::Entity::find()
+            .filter(study_share::Column::TargetHospitalId.eq(self.hospital.pk))
+            .one(self.db.conn())
+            .await?
+            .is_some();
+        if !has_shares {
+            return Ok(Condition::all().add(own));
+        }
+        let shared = Query::select()
+            .expr(Expr::val(1))
+            .from(study_share::Entity)
+            .and_where(
+                Expr::col((study_share::Entity, study_share::Column::TargetHospitalId))
+                    .eq(self.hospital.pk),
+            )
+            .and_where(
+                Expr::col((study_share::Entity, study_share::Column::OwnerHospitalId))
+                    .equals((study::Entity, study::Column::HospitalId)),
+            )
+            .and_where(
+                Expr::col((study_share::Entity, study_share::Column::StudyUid))
+                    .equals((study::Entity, study::Column::StudyUid)),
+            )
+            .to_owned();
+        Ok(Condition::any().add(own).add(Expr::exists(shared)))
+    }
+
     pub async fn search_studies(&self, search: &Search) -> Result<Vec<study::Model>, DbError> {
+        // With a filter, order by an expression: the planner then picks the
+        // filter's index and sorts the (few) matches, instead of walking
+        // the id index backwards through every study looking for them.
+        let filtered = search.study_uid.is_some()
+            || search.filters.iter().any(|(_, m)| *m != Match::Universal);
+        let order = if filtered {
+            Expr::cust("studies.id + 0")
+        } else {
+            Expr::col((study::Entity, study::Column::Id))
+        };
         Ok(study::Entity::find()
-            .filter(study::Column::HospitalId.eq(self.hospital.pk))
+            .filter(self.visible_studies().await?)
             .filter(conditions(search))
-            .order_by(study::Column::Id, Order::Desc)
+            .order_by(order, Order::Desc)
             .offset(search.offset)
             .limit(search.limit)
             .all(self.db.conn())
@@ -160,7 +202,7 @@ impl HospitalDb {
     pub async fn search_series(&self, search: &Search) -> Result<Vec<SeriesHit>, DbError> {
         let rows = series::Entity::find()
             .join(JoinType::InnerJoin, series::Relation::Study.def())
-            .filter(series::Column::HospitalId.eq(self.hospital.pk))
+            .filter(self.visible_studies().await?)
             .filter(conditions(search))
             .order_by(
                 Expr::cust("COALESCE(series.series_number, 2147483647)"),
@@ -182,7 +224,7 @@ impl HospitalDb {
         let rows = instance::Entity::find()
             .join(JoinType::InnerJoin, instance::Relation::Series.def())
             .join(JoinType::InnerJoin, instance::Relation::Study.def())
-            .filter(instance::Column::HospitalId.eq(self.hospital.pk))
+            .filter(self.visible_studies().await?)
             .filter(conditions(search))
             .order_by(
                 Expr::cust("COALESCE(instances.instance_number, 2147483647)"),
@@ -197,8 +239,8 @@ impl HospitalDb {
         let mut ids: Vec<i64> = rows.iter().map(|i| i.series_id).collect();
         ids.sort_unstable();
         ids.dedup();
+        // ids of rows the visibility condition already admitted
         let series: HashMap<i64, series::Model> = series::Entity::find()
-            .filter(series::Column::HospitalId.eq(self.hospital.pk))
             .filter(series::Column::Id.is_in(ids))
             .all(self.db.conn())
             .await?
@@ -222,8 +264,8 @@ impl HospitalDb {
         let mut ids: Vec<i64> = ids.collect();
         ids.sort_unstable();
         ids.dedup();
+        // ids of rows the visibility condition already admitted
         Ok(study::Entity::find()
-            .filter(study::Column::HospitalId.eq(self.hospital.pk))
             .filter(study::Column::Id.is_in(ids))
             .all(self.db.conn())
             .await?

@@ -39,6 +39,9 @@ pub struct TestApp {
     pub router: Router,
     pub config: ServeConfig,
     pub dir: tempfile::TempDir,
+    /// An admin API key of the hospital `default`, sent by `request` when a
+    /// request carries no Authorization header.
+    pub key: String,
 }
 
 pub struct TestAppBuilder {
@@ -46,6 +49,8 @@ pub struct TestAppBuilder {
     max_request_bytes: u64,
     public_url: Option<String>,
     qido_limits: (u64, u64),
+    cors_origins: Vec<String>,
+    oidc: Option<(String, String, PathBuf)>,
     storage: Option<String>,
     s3: S3Args,
 }
@@ -57,6 +62,8 @@ impl TestApp {
             max_request_bytes: 1 << 30,
             public_url: None,
             qido_limits: (100, 1000),
+            cors_origins: Vec::new(),
+            oidc: None,
             storage: None,
             s3: S3Args::default(),
         }
@@ -66,8 +73,29 @@ impl TestApp {
         Self::builder().build().await
     }
 
-    pub async fn request(&self, req: Request<Body>) -> Response<Body> {
+    /// Send a request as the admin of `default` unless it carries its own
+    /// Authorization header.
+    pub async fn request(&self, mut req: Request<Body>) -> Response<Body> {
+        if !req.headers().contains_key("authorization") {
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {}", self.key).parse().unwrap(),
+            );
+        }
+        self.request_raw(req).await
+    }
+
+    /// Send a request exactly as given (no credentials added).
+    pub async fn request_raw(&self, req: Request<Body>) -> Response<Body> {
         self.router.clone().oneshot(req).await.unwrap()
+    }
+
+    /// A new API key of a hospital with a role.
+    pub async fn key_for(&self, hospital: &str, role: cloudpacs::auth::Role) -> String {
+        cloudpacs::admin::create_key(&self.state.archive.db, hospital, role, "test")
+            .await
+            .unwrap()
+            .1
     }
 
     /// POST a STOW body to `path` with the usual Content-Type.
@@ -140,6 +168,17 @@ impl TestAppBuilder {
         self
     }
 
+    /// Accept tokens of an OpenID Connect provider (issuer, audience, JWKS file).
+    pub fn oidc(mut self, issuer: &str, audience: &str, jwks: &Path) -> Self {
+        self.oidc = Some((issuer.into(), audience.into(), jwks.into()));
+        self
+    }
+
+    pub fn cors_origins(mut self, origins: &[&str]) -> Self {
+        self.cors_origins = origins.iter().map(|o| o.to_string()).collect();
+        self
+    }
+
     /// QIDO default and maximum page sizes.
     pub fn qido_limits(mut self, default: u64, max: u64) -> Self {
         self.qido_limits = (default, max);
@@ -176,16 +215,36 @@ impl TestAppBuilder {
             qido_max_limit: self.qido_limits.1,
             duplicate_policy: self.duplicate_policy,
             orphan_age_secs: 3600,
+            auth: cloudpacs::config::AuthConfig {
+                jwt_secret: Some("test-secret-test-secret-test-secret!".into()),
+                jwt_ttl_secs: 3600,
+                oidc_hospital_claim: "hospital".into(),
+                oidc_roles_claim: "roles".into(),
+                oidc_issuer: self.oidc.as_ref().map(|o| o.0.clone()),
+                oidc_audience: self.oidc.as_ref().map(|o| o.1.clone()),
+                oidc_jwks_file: self.oidc.as_ref().map(|o| o.2.clone()),
+            },
+            cors_origins: self.cors_origins,
             log_format: LogFormat::Text,
             shutdown_grace_secs: 1,
         };
         let state = AppState::open(&config).await.unwrap();
         let router = app(state.clone());
+        let key = cloudpacs::admin::create_key(
+            &state.archive.db,
+            "default",
+            cloudpacs::auth::Role::Admin,
+            "tests",
+        )
+        .await
+        .unwrap()
+        .1;
         TestApp {
             state,
             router,
             config,
             dir,
+            key,
         }
     }
 }
@@ -400,6 +459,42 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// The server binary: `CLOUDPACS_TEST_BIN` when set (a copy of a build),
+/// else the one cargo built for these tests.
+pub fn binary() -> PathBuf {
+    std::env::var_os("CLOUDPACS_TEST_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_cloudpacs")),
+        PathBuf::from,
+    )
+}
+
+/// An API key created with the CLI, as an operator would (`--json`).
+pub fn cli_key(data: &Path, db: Option<&str>, hospital: &str, role: &str) -> String {
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "key",
+        "create",
+        "--hospital",
+        hospital,
+        "--role",
+        role,
+        "--json",
+        "--data-dir",
+    ])
+    .arg(data);
+    if let Some(url) = db {
+        cmd.arg("--database-url").arg(url);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["apiKey"].as_str().unwrap().to_owned()
+}
+
 /// Run the real binary on `addr` (orphans swept at start with age 0) and
 /// wait until it is ready.
 pub fn start_server(data: &Path, db: Option<&str>, addr: SocketAddr) -> Child {
@@ -414,14 +509,7 @@ pub fn start_server_with(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> Child {
-    // CLOUDPACS_TEST_BIN: the binary to run instead of the one cargo built
-    // (worktrees sharing a target dir overwrite each other's
-    // target/debug/cloudpacs; pass the worktree's own deps/cloudpacs-HASH).
-    let bin = std::env::var_os("CLOUDPACS_TEST_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_cloudpacs")),
-        PathBuf::from,
-    );
-    let mut cmd = Command::new(bin);
+    let mut cmd = Command::new(binary());
     cmd.arg("serve")
         .arg("--data-dir")
         .arg(data)

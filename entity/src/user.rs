@@ -1,0 +1,29 @@
+//! A person who logs in.
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "users")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    /// Home hospital.
+    pub hospital_id: i64,
+    pub username: String,
+    pub email: Option<String>,
+    /// argon2 PHC string.
+    pub password_hash: String,
+    /// Comma-separated roles.
+    pub roles: String,
+    /// JSON array of public hospital ids the user may also access.
+    #[sea_orm(column_type = "Text")]
+    pub accessible_hospitals: String,
+    pub is_active: bool,
+    pub is_superadmin: bool,
+    pub last_login: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,183 @@
+//! JSON Web Tokens for people: tokens this server issues at login (HS256,
+//! key from config or generated at first start), and tokens of an external
+//! OpenID Connect provider (RS256/ES256, keys from a JWKS file). Algorithms,
+//! issuer, audience, `exp` and `nbf` are always checked; never
+//! `Validation::default()`.
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Issuer and audience of the tokens this server issues.
+pub const LOCAL_ISSUER: &str = "cloudpacs";
+pub const LOCAL_AUDIENCE: &str = "cloudpacs";
+const LEEWAY_SECS: u64 = 30;
+
+/// Claims of a token issued at login. The user's roles and hospitals are
+/// read fresh from the index on every request; the token says who.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LocalClaims {
+    pub iss: String,
+    pub aud: String,
+    /// The user's id in the index.
+    pub sub: String,
+    pub exp: i64,
+    pub nbf: i64,
+    pub iat: i64,
+    /// Home hospital (informative).
+    pub hospital: String,
+}
+
+/// An external OpenID Connect provider.
+#[derive(Clone)]
+pub struct Oidc {
+    pub issuer: String,
+    pub audience: String,
+    pub keys: JwkSet,
+    /// Claim holding the hospital id.
+    pub hospital_claim: String,
+    /// Claim holding the roles (array or space/comma-separated string).
+    pub roles_claim: String,
+}
+
+/// What an external token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIdentity {
+    pub subject: String,
+    pub hospital: String,
+    pub roles: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    pub ttl_secs: i64,
+    pub oidc: Option<Oidc>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JwtError {
+    #[error("invalid token")]
+    Invalid,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8], ttl_secs: i64, oidc: Option<Oidc>) -> Self {
+        JwtKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            ttl_secs,
+            oidc,
+        }
+    }
+
+    /// A token for a user; returns it with its expiry (Unix seconds).
+    pub fn issue(&self, user_id: i64, hospital: &str) -> Result<(String, i64), JwtError> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = LocalClaims {
+            iss: LOCAL_ISSUER.into(),
+            aud: LOCAL_AUDIENCE.into(),
+            sub: user_id.to_string(),
+            exp: now + self.ttl_secs,
+            nbf: now,
+            iat: now,
+            hospital: hospital.into(),
+        };
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|_| JwtError::Invalid)?;
+        Ok((token, claims.exp))
+    }
+
+    /// Verify a token this server issued; returns the user id.
+    pub fn verify_local(&self, token: &str) -> Result<i64, JwtError> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_issuer(&[LOCAL_ISSUER]);
+        v.set_audience(&[LOCAL_AUDIENCE]);
+        v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        v.validate_nbf = true;
+        v.leeway = LEEWAY_SECS;
+        let data =
+            decode::<LocalClaims>(token, &self.decoding, &v).map_err(|_| JwtError::Invalid)?;
+        data.claims.sub.parse().map_err(|_| JwtError::Invalid)
+    }
+
+    /// Verify a token of the configured OpenID Connect provider.
+    pub fn verify_external(&self, token: &str) -> Result<ExternalIdentity, JwtError> {
+        let oidc = self.oidc.as_ref().ok_or(JwtError::Invalid)?;
+        let header = decode_header(token).map_err(|_| JwtError::Invalid)?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(JwtError::Invalid);
+        }
+        let jwk: &Jwk = match &header.kid {
+            Some(kid) => oidc.keys.find(kid).ok_or(JwtError::Invalid)?,
+            None if oidc.keys.keys.len() == 1 => &oidc.keys.keys[0],
+            None => return Err(JwtError::Invalid),
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| JwtError::Invalid)?;
+        let mut v = Validation::new(header.alg);
+        v.set_issuer(&[&oidc.issuer]);
+        v.set_audience(&[&oidc.audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.validate_nbf = true;
+        v.leeway = LEEWAY_SECS;
+        let data = decode::<Value>(token, &key, &v).map_err(|_| JwtError::Invalid)?;
+        let claims = data.claims;
+        let hospital = claims
+            .get(&oidc.hospital_claim)
+            .and_then(Value::as_str)
+            .ok_or(JwtError::Invalid)?;
+        let roles = match claims.get(&oidc.roles_claim) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(s)) => s
+                .split([' ', ','])
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(ExternalIdentity {
+            subject: claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            hospital: hospital.to_owned(),
+            roles,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_tokens_verify_and_tampered_ones_do_not() {
+        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", 3600, None);
+        let (token, _) = keys.issue(42, "default").unwrap();
+        assert_eq!(keys.verify_local(&token), Ok(42));
+        let other = JwtKeys::new(b"another secret of enough length!", 3600, None);
+        assert_eq!(other.verify_local(&token), Err(JwtError::Invalid));
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            br#"{"iss":"cloudpacs","aud":"cloudpacs","sub":"1","exp":9999999999,"nbf":0,"iat":0,"hospital":"x"}"#,
+        );
+        parts[1] = &forged;
+        assert_eq!(keys.verify_local(&parts.join(".")), Err(JwtError::Invalid));
+        assert_eq!(
+            keys.verify_external(&token),
+            Err(JwtError::Invalid),
+            "no OIDC configured"
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! Hospitals, API keys, users and study shares: the administrative rows.
+
+use entity::{api_key, hospital, study_share, user};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, SqlErr,
+};
+
+use super::{Db, DbError, Hospital, now_millis};
+
+/// A hospital to register.
+#[derive(Debug, Clone)]
+pub struct NewHospital {
+    pub hospital_id: String,
+    pub name: String,
+    pub contact_email: Option<String>,
+    pub contact_phone: Option<String>,
+    pub address: Option<String>,
+    pub plan: String,
+    pub max_users: i32,
+    pub max_storage_bytes: i64,
+}
+
+/// Changes to a hospital (absent = unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct HospitalPatch {
+    pub status: Option<String>,
+    pub plan: Option<(String, i32, i64)>,
+    pub settings: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub hospital_pk: i64,
+    pub username: String,
+    pub email: Option<String>,
+    pub password_hash: String,
+    pub roles: String,
+    pub accessible_hospitals: Vec<String>,
+    pub is_superadmin: bool,
+}
+
+/// Whether an insert failed only because the row exists.
+pub fn is_conflict(e: &DbError) -> bool {
+    matches!(e, DbError::Db(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))))
+}
+
+impl Db {
+    pub async fn create_hospital(&self, new: NewHospital) -> Result<hospital::Model, DbError> {
+        let now = now_millis();
+        let am = hospital::ActiveModel {
+            hospital_id: Set(new.hospital_id),
+            name: Set(new.name),
+            contact_email: Set(new.contact_email),
+            contact_phone: Set(new.contact_phone),
+            address: Set(new.address),
+            plan: Set(new.plan),
+            status: Set("active".into()),
+            max_users: Set(new.max_users),
+            max_storage_bytes: Set(new.max_storage_bytes),
+            settings: Set("{}".into()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        Ok(am.insert(&self.conn).await?)
+    }
+
+    pub async fn hospital_model(&self, id: &str) -> Result<hospital::Model, DbError> {
+        hospital::Entity::find()
+            .filter(hospital::Column::HospitalId.eq(id))
+            .one(&self.conn)
+            .await?
+            .ok_or(DbError::NotFound)
+    }
+
+    pub async fn hospital_by_pk(&self, pk: i64) -> Result<Hospital, DbError> {
+        hospital::Entity::find_by_id(pk)
+            .one(&self.conn)
+            .await?
+            .map(Hospital::from)
+            .ok_or(DbError::NotFound)
+    }
+
+    pub async fn list_hospitals(&self) -> Result<Vec<hospital::Model>, DbError> {
+        Ok(hospital::Entity::find()
+            .order_by_asc(hospital::Column::Id)
+            .all(&self.conn)
+            .await?)
+    }
+
+    pub async fn update_hospital(
+        &self,
+        id: &str,
+        patch: HospitalPatch,
+    ) -> Result<hospital::Model, DbError> {
+        let mut am: hospital::ActiveModel = self.hospital_model(id).await?.into();
+        if let Some(status) = patch.status {
+            am.status = Set(status);
+        }
+        if let Some((plan, users, storage)) = patch.plan {
+            am.plan = Set(plan);
+            am.max_users = Set(users);
+            am.max_storage_bytes = Set(storage);
+        }
+        if let Some(settings) = patch.settings {
+            am.settings = Set(settings);
+        }
+        am.updated_at = Set(now_millis());
+        Ok(am.update(&self.conn).await?)
+    }
+
+    pub async fn create_key(
+        &self,
+        hospital_pk: i64,
+        key_id: &str,
+        name: &str,
+        role: &str,
+        secret_hash: &str,
+    ) -> Result<api_key::Model, DbError> {
+        let am = api_key::ActiveModel {
+            key_id: Set(key_id.into()),
+            hospital_id: Set(hospital_pk),
+            name: Set(name.into()),
+            role: Set(role.into()),
+            secret_hash: Set(secret_hash.into()),
+            created_at: Set(now_millis()),
+            revoked_at: Set(None),
+            ..Default::default()
+        };
+        Ok(am.insert(&self.conn).await?)
+    }
+
+    /// A key that is not revoked.
+    pub async fn find_active_key(&self, key_id: &str) -> Result<Option<api_key::Model>, DbError> {
+        Ok(api_key::Entity::find()
+            .filter(api_key::Column::KeyId.eq(key_id))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .one(&self.conn)
+            .await?)
+    }
+
+    /// Revoke a key of a hospital; `NotFound` if it has no such active key.
+    pub async fn revoke_key(&self, hospital_pk: i64, key_id: &str) -> Result<(), DbError> {
+        let key = api_key::Entity::find()
+            .filter(api_key::Column::KeyId.eq(key_id))
+            .filter(api_key::Column::HospitalId.eq(hospital_pk))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .one(&self.conn)
+            .await?
+            .ok_or(DbError::NotFound)?;
+        let mut am: api_key::ActiveModel = key.into();
+        am.revoked_at = Set(Some(now_millis()));
+        am.update(&self.conn).await?;
+        Ok(())
+    }
+
+    pub async fn create_user(&self, new: NewUser) -> Result<user::Model, DbError> {
+        let am = user::ActiveModel {
+            hospital_id: Set(new.hospital_pk),
+            username: Set(new.username),
+            email: Set(new.email),
+            password_hash: Set(new.password_hash),
+            roles: Set(new.roles),
+            accessible_hospitals: Set(
+                serde_json::to_string(&new.accessible_hospitals).unwrap_or_else(|_| "[]".into())
+            ),
+            is_active: Set(true),
+            is_superadmin: Set(new.is_superadmin),
+            last_login: Set(None),
+            created_at: Set(now_millis()),
+            ..Default::default()
+        };
+        Ok(am.insert(&self.conn).await?)
+    }
+
+    pub async fn count_users(&self, hospital_pk: i64) -> Result<u64, DbError> {
+        use sea_orm::PaginatorTrait;
+        Ok(user::Entity::find()
+            .filter(user::Column::HospitalId.eq(hospital_pk))
+            .count(&self.conn)
+            .await?)
+    }
+
+    /// Users named `username` (one per hospital at most).
+    pub async fn users_named(&self, username: &str) -> Result<Vec<user::Model>, DbError> {
+        Ok(user::Entity::find()
+            .filter(user::Column::Username.eq(username))
+            .all(&self.conn)
+            .await?)
+    }
+
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<user::Model>, DbError> {
+        Ok(user::Entity::find_by_id(id).one(&self.conn).await?)
+    }
+
+    pub async fn set_user_active(&self, id: i64, active: bool) -> Result<(), DbError> {
+        let user = self.user_by_id(id).await?.ok_or(DbError::NotFound)?;
+        let mut am: user::ActiveModel = user.into();
+        am.is_active = Set(active);
+        am.update(&self.conn).await?;
+        Ok(())
+    }
+
+    pub async fn touch_login(&self, id: i64) -> Result<(), DbError> {
+        if let Some(user) = self.user_by_id(id).await? {
+            let mut am: user::ActiveModel = user.into();
+            am.last_login = Set(Some(now_millis()));
+            am.update(&self.conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a hospital holds a study itself (sharing needs it).
+    pub async fn hospital_holds_study(
+        &self,
+        hospital_pk: i64,
+        study_uid: &str,
+    ) -> Result<bool, DbError> {
+        use entity::study;
+        Ok(study::Entity::find()
+            .filter(study::Column::HospitalId.eq(hospital_pk))
+            .filter(study::Column::StudyUid.eq(study_uid))
+            .one(&self.conn)
+            .await?
+            .is_some())
+    }
+
+    pub async fn share_study(
+        &self,
+        owner_pk: i64,
+        study_uid: &str,
+        target_pk: i64,
+        level: &str,
+    ) -> Result<(), DbError> {
+        let am = study_share::ActiveModel {
+            owner_hospital_id: Set(owner_pk),
+            study_uid: Set(study_uid.into()),
+            target_hospital_id: Set(target_pk),
+            access_level: Set(level.into()),
+            created_at: Set(now_millis()),
+            ..Default::default()
+        };
+        match am.insert(&self.conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = DbError::from(e);
+                if is_conflict(&e) { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    pub async fn unshare_study(
+        &self,
+        owner_pk: i64,
+        study_uid: &str,
+        target_pk: i64,
+    ) -> Result<(), DbError> {
+        let res = study_share::Entity::delete_many()
+            .filter(study_share::Column::OwnerHospitalId.eq(owner_pk))
+            .filter(study_share::Column::StudyUid.eq(study_uid))
+            .filter(study_share::Column::TargetHospitalId.eq(target_pk))
+            .exec(&self.conn)
+            .await?;
+        if res.rows_affected == 0 {
+            Err(DbError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+}
