@@ -146,6 +146,173 @@ impl fmt::Debug for AuthConfig {
 pub enum Storage {
     /// A local folder.
     File(PathBuf),
+    /// An S3 or S3-compatible bucket (or a bucket per hospital).
+    S3(S3Settings),
+}
+
+/// Defaults of the S3 options, shared by clap and [`S3Args::default`].
+mod s3_defaults {
+    pub const CONNECT_TIMEOUT_SECS: u64 = 5;
+    pub const READ_TIMEOUT_SECS: u64 = 120;
+    pub const MAX_ATTEMPTS: u32 = 3;
+    pub const MULTIPART_THRESHOLD_MIB: u64 = 16;
+    pub const PART_SIZE_MIB: u64 = 8;
+    pub const UPLOAD_CONCURRENCY: usize = 4;
+}
+
+/// Options of the S3 blob store (used with `--storage s3://…`). Credentials
+/// and the region come from the standard AWS chain: `AWS_ACCESS_KEY_ID` /
+/// `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, `AWS_REGION`, the shared
+/// profile files, web identity, the ECS task role or the EC2 instance role.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct S3Args {
+    /// Endpoint URL of an S3-compatible store (MinIO, Garage, Ceph, …),
+    /// e.g. `http://10.0.0.5:9000`. Unset: AWS S3 of the configured region.
+    #[arg(long = "s3-endpoint", env = "CLOUDPACS_S3_ENDPOINT")]
+    pub endpoint: Option<String>,
+
+    /// Path-style addressing (`ENDPOINT/BUCKET/KEY`) instead of virtual-hosted
+    /// (`BUCKET.ENDPOINT/KEY`). Default: true when `--s3-endpoint` is set
+    /// (what S3-compatible stores expect), false for AWS.
+    #[arg(long = "s3-path-style", env = "CLOUDPACS_S3_PATH_STYLE", action = clap::ArgAction::Set)]
+    pub path_style: Option<bool>,
+
+    /// With a bucket per hospital: create a hospital's bucket on its first
+    /// upload. Off: buckets are created by the operator, and an upload to a
+    /// missing bucket fails (0x0110).
+    #[arg(long = "s3-create-buckets", env = "CLOUDPACS_S3_CREATE_BUCKETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub create_buckets: bool,
+
+    /// Seconds to wait for a TCP/TLS connection to the store.
+    #[arg(long = "s3-connect-timeout-secs", env = "CLOUDPACS_S3_CONNECT_TIMEOUT_SECS", default_value_t = s3_defaults::CONNECT_TIMEOUT_SECS)]
+    pub connect_timeout_secs: u64,
+
+    /// Seconds from sending a request (including its body, up to one
+    /// multipart part) to the first byte of the answer.
+    #[arg(long = "s3-read-timeout-secs", env = "CLOUDPACS_S3_READ_TIMEOUT_SECS", default_value_t = s3_defaults::READ_TIMEOUT_SECS)]
+    pub read_timeout_secs: u64,
+
+    /// Attempts per S3 request (1 = no retry); retries back off
+    /// exponentially with jitter and only cover transient errors.
+    #[arg(long = "s3-max-attempts", env = "CLOUDPACS_S3_MAX_ATTEMPTS", default_value_t = s3_defaults::MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Instances of this size (MiB) or larger are uploaded as multipart
+    /// uploads; smaller ones with one PutObject.
+    #[arg(long = "s3-multipart-threshold-mib", env = "CLOUDPACS_S3_MULTIPART_THRESHOLD_MIB", default_value_t = s3_defaults::MULTIPART_THRESHOLD_MIB)]
+    pub multipart_threshold_mib: u64,
+
+    /// Part size (MiB, at least 5) of multipart uploads.
+    #[arg(long = "s3-part-size-mib", env = "CLOUDPACS_S3_PART_SIZE_MIB", default_value_t = s3_defaults::PART_SIZE_MIB, value_parser = clap::value_parser!(u64).range(5..))]
+    pub part_size_mib: u64,
+
+    /// Parts of one multipart upload sent at the same time. Parts are read
+    /// from the spool file as they are sent, so memory stays small.
+    #[arg(long = "s3-upload-concurrency", env = "CLOUDPACS_S3_UPLOAD_CONCURRENCY", default_value_t = s3_defaults::UPLOAD_CONCURRENCY)]
+    pub upload_concurrency: usize,
+}
+
+impl Default for S3Args {
+    fn default() -> Self {
+        S3Args {
+            endpoint: None,
+            path_style: None,
+            create_buckets: false,
+            connect_timeout_secs: s3_defaults::CONNECT_TIMEOUT_SECS,
+            read_timeout_secs: s3_defaults::READ_TIMEOUT_SECS,
+            max_attempts: s3_defaults::MAX_ATTEMPTS,
+            multipart_threshold_mib: s3_defaults::MULTIPART_THRESHOLD_MIB,
+            part_size_mib: s3_defaults::PART_SIZE_MIB,
+            upload_concurrency: s3_defaults::UPLOAD_CONCURRENCY,
+        }
+    }
+}
+
+/// The placeholder of a bucket-per-hospital name template.
+pub const HOSPITAL_PLACEHOLDER: &str = "{hospitalId}";
+
+/// Which bucket a blob goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketLayout {
+    /// One bucket; each hospital is a prefix inside it.
+    Shared(String),
+    /// A bucket per hospital, named from a template holding
+    /// [`HOSPITAL_PLACEHOLDER`] (e.g. `medical-imaging-{hospitalId}`).
+    PerHospital(String),
+}
+
+/// Static S3 credentials, for embedders and tests; the command line always
+/// uses the AWS default chain. The secret never appears in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"***")
+            .finish()
+    }
+}
+
+/// Everything the S3 store needs: the parsed `s3://` URL and the options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub layout: BucketLayout,
+    /// Key prefix inside the bucket: empty or ending with `/`.
+    pub prefix: String,
+    pub options: S3Args,
+    /// `None`: the AWS default credential chain.
+    pub credentials: Option<StaticCredentials>,
+}
+
+impl S3Settings {
+    /// Parse `s3://BUCKET[/PREFIX]`, where BUCKET may be a template holding
+    /// `{hospitalId}` once (a bucket per hospital).
+    pub fn parse(url: &str, options: S3Args) -> Result<Self, String> {
+        let err = |why: &str| format!("invalid --storage {url:?}: {why}");
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| err("expected s3://BUCKET/PREFIX"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let literal = bucket.replacen(HOSPITAL_PLACEHOLDER, "", 1);
+        if literal.contains(['{', '}']) {
+            return Err(err(
+                "the only placeholder a bucket may hold is {hospitalId}, once",
+            ));
+        }
+        if !literal
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            return Err(err(
+                "a bucket name holds only lowercase letters, digits, '-' and '.'",
+            ));
+        }
+        let layout = if literal.len() == bucket.len() {
+            if !(3..=63).contains(&bucket.len()) {
+                return Err(err("a bucket name has 3 to 63 characters"));
+            }
+            BucketLayout::Shared(bucket.to_owned())
+        } else {
+            BucketLayout::PerHospital(bucket.to_owned())
+        };
+        let prefix = prefix.trim_matches('/');
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        Ok(S3Settings {
+            layout,
+            prefix,
+            options,
+            credentials: None,
+        })
+    }
 }
 
 /// `cloudpacs serve`.
@@ -158,9 +325,15 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOUDPACS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Blob storage: `file://DIR`. Default: `blobs/` in the data dir.
+    /// Blob storage: `file://DIR`, `s3://BUCKET/PREFIX` (one bucket, a
+    /// prefix per hospital inside it) or `s3://NAME-{hospitalId}/PREFIX` (a
+    /// bucket per hospital, e.g. `s3://medical-imaging-{hospitalId}`).
+    /// Default: `blobs/` in the data dir.
     #[arg(long, env = "CLOUDPACS_STORAGE")]
     pub storage: Option<String>,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 
     /// Public base URL of this server (e.g. `https://pacs.example.org`), used
     /// for RetrieveURL and BulkDataURI. Default: from the request's `Host`
@@ -213,9 +386,14 @@ impl ServeConfig {
     pub fn storage(&self) -> Result<Storage, String> {
         match self.storage.as_deref() {
             None => Ok(Storage::File(self.db.data_dir.join("blobs"))),
+            Some(s) if s.starts_with("s3://") => {
+                S3Settings::parse(s, self.s3.clone()).map(Storage::S3)
+            }
             Some(s) => match s.strip_prefix("file://") {
                 Some(dir) if !dir.is_empty() => Ok(Storage::File(PathBuf::from(dir))),
-                _ => Err(format!("unsupported --storage {s:?}: expected file://DIR")),
+                _ => Err(format!(
+                    "unsupported --storage {s:?}: expected file://DIR or s3://BUCKET/PREFIX"
+                )),
             },
         }
     }
@@ -226,8 +404,45 @@ impl ServeConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::redact_url;
+    use super::{BucketLayout, S3Args, S3Settings, StaticCredentials, redact_url};
+
+    #[test]
+    fn s3_urls_parse_into_a_layout_and_a_prefix() {
+        let s = S3Settings::parse("s3://dicom/archive/v1/", S3Args::default()).unwrap();
+        assert_eq!(s.layout, BucketLayout::Shared("dicom".into()));
+        assert_eq!(s.prefix, "archive/v1/");
+        let s = S3Settings::parse("s3://dicom", S3Args::default()).unwrap();
+        assert_eq!(s.prefix, "");
+        let s = S3Settings::parse("s3://medical-imaging-{hospitalId}/", S3Args::default()).unwrap();
+        assert_eq!(
+            s.layout,
+            BucketLayout::PerHospital("medical-imaging-{hospitalId}".into())
+        );
+        for bad in [
+            "s3://",
+            "s3://ab",
+            "s3://Upper",
+            "s3://a_b/x",
+            "s3://x-{hospital}",
+            "s3://{hospitalId}-{hospitalId}",
+            "file://x",
+        ] {
+            assert!(S3Settings::parse(bad, S3Args::default()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn s3_secrets_are_redacted() {
+        let mut s = S3Settings::parse("s3://dicom", S3Args::default()).unwrap();
+        s.credentials = Some(StaticCredentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI".into(),
+        });
+        let shown = format!("{s:?}");
+        assert!(shown.contains("AKIDEXAMPLE") && !shown.contains("wJalrXUtnFEMI"));
+    }
 
     #[test]
     fn passwords_are_redacted() {

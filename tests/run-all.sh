@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: formatting, lints, the Rust tests
-# on SQLite and on PostgreSQL. Installs what it needs (idempotent).
+# on SQLite and on PostgreSQL, the S3 tests against s3s-fs. Installs what it
+# needs (idempotent).
 #   tests/run-all.sh
+# S3: tests/start-s3.sh installs s3s-fs 0.14.1 once (~3.5 min) and starts it
+# on a free loopback port; it is stopped at exit. (Garage: tests/s3-garage.sh.)
 # PostgreSQL: CLOUDPACS_TEST_PG (default postgres://postgres@127.0.0.1:5432);
 # each run creates fresh databases and drops them afterwards.
 set -euo pipefail
@@ -11,6 +14,11 @@ step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - start ))"; }
 
 step "test fixtures (Python venv with pydicom)"
 eval "$(tests/setup-python.sh)"
+
+step "S3 test server (s3s-fs)"
+eval "$(tests/start-s3.sh)"
+cleanup_s3() { tests/start-s3.sh stop; }
+trap cleanup_s3 EXIT
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -33,7 +41,7 @@ drop_test_dbs() {
     psql -qtA -d "$PG/postgres" -c "SELECT datname FROM pg_database WHERE datname LIKE 'cloudpacs_test_%' OR datname = '$run_db'" \
         | while read -r db; do [ -n "$db" ] && psql -q -d "$PG/postgres" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done
 }
-trap drop_test_dbs EXIT
+trap 'drop_test_dbs; cleanup_s3' EXIT
 psql -q -d "$PG/postgres" -c "CREATE DATABASE $run_db"
 TEST_DATABASE_URL="$PG/$run_db" cargo test --all
 

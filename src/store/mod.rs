@@ -1,6 +1,6 @@
 //! Blob storage of the original DICOM bytes, behind [`BlobStore`].
 //!
-//! Nothing else in the crate touches blob files (or, later, S3). Keys are
+//! Nothing else in the crate touches blob files or S3. Keys are
 //! built only by [`BlobKey`]; the index is the source of truth, so no request
 //! ever lists the store.
 
@@ -14,6 +14,7 @@ use futures_util::Stream;
 use crate::dicom::Uid;
 
 pub mod fs;
+pub mod s3;
 pub mod spool;
 
 pub use spool::{Spool, SpoolFile};
@@ -22,6 +23,7 @@ pub use spool::{Spool, SpoolFile};
 pub async fn open(storage: &crate::config::Storage) -> Result<Box<dyn BlobStore>, StoreError> {
     match storage {
         crate::config::Storage::File(dir) => Ok(Box::new(fs::FsStore::open(dir.clone()).await?)),
+        crate::config::Storage::S3(settings) => Ok(Box::new(s3::S3Store::connect(settings).await?)),
     }
 }
 

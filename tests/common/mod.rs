@@ -9,6 +9,8 @@
     clippy::zombie_processes
 )]
 
+pub mod s3;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
-use cloudpacs::config::{DbArgs, DuplicatePolicy, LogFormat, ServeConfig};
+use cloudpacs::config::{DbArgs, DuplicatePolicy, LogFormat, S3Args, ServeConfig};
 use cloudpacs::{AppState, app};
 use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
 use dicom_dictionary_std::tags;
@@ -49,6 +51,8 @@ pub struct TestAppBuilder {
     qido_limits: (u64, u64),
     cors_origins: Vec<String>,
     oidc: Option<(String, String, PathBuf)>,
+    storage: Option<String>,
+    s3: S3Args,
 }
 
 impl TestApp {
@@ -60,6 +64,8 @@ impl TestApp {
             qido_limits: (100, 1000),
             cors_origins: Vec::new(),
             oidc: None,
+            storage: None,
+            s3: S3Args::default(),
         }
     }
 
@@ -184,6 +190,14 @@ impl TestAppBuilder {
         self
     }
 
+    /// `--storage` (e.g. `s3://BUCKET/PREFIX`) and the S3 options; S3
+    /// credentials come from the environment (the AWS default chain).
+    pub fn storage(mut self, url: &str, s3: S3Args) -> Self {
+        self.storage = Some(url.to_owned());
+        self.s3 = s3;
+        self
+    }
+
     pub async fn build(self) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let config = ServeConfig {
@@ -193,7 +207,8 @@ impl TestAppBuilder {
                 db_max_connections: 8,
             },
             listen: "127.0.0.1:0".parse().unwrap(),
-            storage: None,
+            storage: self.storage,
+            s3: self.s3,
             public_url: self.public_url,
             max_request_bytes: self.max_request_bytes,
             qido_default_limit: self.qido_limits.0,
@@ -483,6 +498,17 @@ pub fn cli_key(data: &Path, db: Option<&str>, hospital: &str, role: &str) -> Str
 /// Run the real binary on `addr` (orphans swept at start with age 0) and
 /// wait until it is ready.
 pub fn start_server(data: &Path, db: Option<&str>, addr: SocketAddr) -> Child {
+    start_server_with(data, db, addr, &[], &[])
+}
+
+/// [`start_server`] with extra `serve` arguments and environment variables.
+pub fn start_server_with(
+    data: &Path,
+    db: Option<&str>,
+    addr: SocketAddr,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Child {
     let mut cmd = Command::new(binary());
     cmd.arg("serve")
         .arg("--data-dir")
@@ -494,9 +520,13 @@ pub fn start_server(data: &Path, db: Option<&str>, addr: SocketAddr) -> Child {
     if let Some(url) = db {
         cmd.arg("--database-url").arg(url);
     }
-    let child = cmd
+    cmd.args(args).envs(envs.iter().copied());
+    // The server's log, to show when it does not become ready.
+    let log = data.join("server.log");
+    std::fs::create_dir_all(data).unwrap();
+    let mut child = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -510,7 +540,16 @@ pub fn start_server(data: &Path, db: Option<&str>, addr: SocketAddr) -> Child {
                 return child;
             }
         }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "the server exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("the server did not become ready");
+    panic!(
+        "the server did not become ready:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
