@@ -25,6 +25,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     NotAcceptable(String),
+    /// A `Range` that starts past the end of a value of this many bytes.
+    #[error("the requested range is outside the {0} bytes of the value")]
+    RangeNotSatisfiable(u64),
     #[error("the request body is larger than the configured limit of {0} bytes")]
     PayloadTooLarge(u64),
     /// A dependency (index, blob store) does not answer; detail is logged.
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::NotAcceptable(_) => "not_acceptable",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -85,6 +90,10 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = &self {
             tracing::error!(error = %detail, "request failed");
         }
+        let size = match &self {
+            ApiError::RangeNotSatisfiable(size) => Some(*size),
+            _ => None,
+        };
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -96,6 +105,11 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let Some(size) = size
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
         resp
     }

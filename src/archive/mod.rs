@@ -9,9 +9,14 @@ use crate::db::Db;
 use crate::store::{BlobKey, BlobStore, Spool};
 
 mod ingest;
+mod retrieve;
 pub mod search;
 
 pub use ingest::{FailedInstance, FailureReason, PartOutcome, StoredInstance};
+pub use retrieve::{
+    Bulk, EXPLICIT_VR_LE, Frames, InstanceBlob, InstanceMetadata, Level, Located, PIXEL_DATA_PATH,
+    Ranges, RetrieveError, can_convert, is_encapsulated,
+};
 
 /// The archive: the index, the blob store and the spool folder.
 #[derive(Clone)]

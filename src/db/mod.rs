@@ -17,12 +17,14 @@ use sea_orm::{
 
 mod admin;
 mod instances;
+mod retrieve;
 mod search;
 
 pub use search::{InstanceHit, Search, SeriesHit};
 
 pub use admin::{HospitalPatch, NewHospital, NewUser, is_conflict};
 pub use instances::{IndexConflict, Indexed, NewInstance};
+pub use retrieve::{InstanceBlobRow, InstanceFilter, InstanceMetadataRow, SeriesRef, StudyRef};
 
 /// The id of the hospital created on an empty index.
 pub const DEFAULT_HOSPITAL: &str = "default";

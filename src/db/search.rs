@@ -149,7 +149,7 @@ impl HospitalDb {
     /// The studies this hospital may read: its own, and those another
     /// hospital shared with it. Checked once per search so that hospitals
     /// without shares keep the plain, index-friendly condition.
-    async fn visible_studies(&self) -> Result<Condition, DbError> {
+    pub(super) async fn visible_studies(&self) -> Result<Condition, DbError> {
         let own = Expr::col((study::Entity, study::Column::HospitalId)).eq(self.hospital.pk);
         let has_shares = study_share::Entity::find()
             .filter(study_share::Column::TargetHospitalId.eq(self.hospital.pk))

@@ -4,28 +4,37 @@
 use axum::Router;
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::{header, request::Parts as RequestParts};
-use axum::routing::{get, post};
+use axum::routing::get;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 
+pub mod accept;
 pub mod multipart;
 pub mod qido;
 pub mod query;
 pub mod stow;
+pub mod wado;
 
 /// Every PS3.18 resource, in one table. Mounted at `/dicom-web` (the
 /// caller's hospital) and `/tenants/{hospital_id}/dicom-web`.
 #[rustfmt::skip]
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/studies",                                  get(qido::search_studies).post(stow::store_instances))
-        .route("/studies/{study}",                          post(stow::store_instances_in_study))
-        .route("/studies/{study}/series",                   get(qido::search_study_series))
-        .route("/studies/{study}/instances",                get(qido::search_study_instances))
-        .route("/studies/{study}/series/{series}/instances", get(qido::search_series_instances))
-        .route("/series",                                   get(qido::search_series))
-        .route("/instances",                                get(qido::search_instances))
+        .route("/studies",                                                               get(qido::search_studies).post(stow::store_instances))
+        .route("/studies/{study}",                                                       get(wado::retrieve_study).post(stow::store_instances_in_study).delete(wado::delete_study))
+        .route("/studies/{study}/metadata",                                              get(wado::retrieve_study_metadata))
+        .route("/studies/{study}/series",                                                get(qido::search_study_series))
+        .route("/studies/{study}/instances",                                             get(qido::search_study_instances))
+        .route("/studies/{study}/series/{series}",                                       get(wado::retrieve_series).delete(wado::delete_series))
+        .route("/studies/{study}/series/{series}/metadata",                              get(wado::retrieve_series_metadata))
+        .route("/studies/{study}/series/{series}/instances",                             get(qido::search_series_instances))
+        .route("/studies/{study}/series/{series}/instances/{instance}",                  get(wado::retrieve_instance).delete(wado::delete_instance))
+        .route("/studies/{study}/series/{series}/instances/{instance}/metadata",         get(wado::retrieve_instance_metadata))
+        .route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",  get(wado::retrieve_frames))
+        .route("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{*path}", get(wado::retrieve_bulkdata))
+        .route("/series",                                                                get(qido::search_series))
+        .route("/instances",                                                             get(qido::search_instances))
 }
 
 /// The absolute (or, failing a trustworthy origin, root-relative) URL of the

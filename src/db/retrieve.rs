@@ -1,0 +1,291 @@
+//! Reads for WADO-RS and the DELETE of studies, series and instances.
+//!
+//! Every query filters by the handle's hospital itself, on top of the
+//! study/series/instance keys it was given: a key of another hospital finds
+//! nothing. Lists of instances are read in pages by primary key (keyset
+//! pagination), so a study of any size is served in bounded memory.
+
+use std::collections::BTreeSet;
+
+use entity::{instance, pending_blob, series, study};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionTrait,
+};
+
+use super::instances::recount;
+use super::{DbError, HospitalDb, now_millis};
+
+/// A study this hospital may read (its own, or one shared with it), found
+/// by UID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StudyRef {
+    pub pk: i64,
+    /// The hospital holding the study's rows (this one, or the sharer's).
+    pub hospital_pk: i64,
+    pub uid: String,
+    /// Milliseconds; changes with every ingest or delete in the study.
+    pub updated_at: i64,
+}
+
+/// A series of a study of this hospital.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesRef {
+    pub pk: i64,
+    pub uid: String,
+}
+
+/// Which instances of this hospital a read or delete covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceFilter {
+    /// The hospital holding the rows: from a [`StudyRef`] only.
+    pub hospital_pk: i64,
+    pub study_pk: i64,
+    pub series_pk: Option<i64>,
+    pub instance_pk: Option<i64>,
+}
+
+/// What a retrieve needs of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceBlobRow {
+    pub pk: i64,
+    pub blob_key: String,
+    pub size_bytes: i64,
+    pub transfer_syntax: String,
+}
+
+/// What a metadata response needs of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceMetadataRow {
+    pub pk: i64,
+    pub series_pk: i64,
+    pub sop_uid: String,
+    /// The stored DICOM JSON text (relative BulkDataURIs).
+    pub metadata: String,
+}
+
+impl HospitalDb {
+    fn instances_of(&self, f: InstanceFilter) -> sea_orm::Select<instance::Entity> {
+        let mut q = instance::Entity::find()
+            .filter(instance::Column::HospitalId.eq(f.hospital_pk))
+            .filter(instance::Column::StudyId.eq(f.study_pk));
+        if let Some(s) = f.series_pk {
+            q = q.filter(instance::Column::SeriesId.eq(s));
+        }
+        if let Some(i) = f.instance_pk {
+            q = q.filter(instance::Column::Id.eq(i));
+        }
+        q
+    }
+
+    /// A study this hospital may read; its own copy first when another
+    /// hospital also shared a study with the same UID.
+    pub async fn find_study(&self, study_uid: &str) -> Result<StudyRef, DbError> {
+        let found = study::Entity::find()
+            .filter(self.visible_studies().await?)
+            .filter(study::Column::StudyUid.eq(study_uid))
+            .all(self.db.conn())
+            .await?;
+        let own = found.iter().position(|s| s.hospital_id == self.hospital.pk);
+        found
+            .into_iter()
+            .nth(own.unwrap_or(0))
+            .map(|s| StudyRef {
+                pk: s.id,
+                hospital_pk: s.hospital_id,
+                uid: s.study_uid,
+                updated_at: s.updated_at,
+            })
+            .ok_or(DbError::NotFound)
+    }
+
+    /// A series, only if it belongs to `study`.
+    pub async fn find_series(
+        &self,
+        study: &StudyRef,
+        series_uid: &str,
+    ) -> Result<SeriesRef, DbError> {
+        series::Entity::find()
+            .filter(series::Column::HospitalId.eq(study.hospital_pk))
+            .filter(series::Column::StudyId.eq(study.pk))
+            .filter(series::Column::SeriesUid.eq(series_uid))
+            .one(self.db.conn())
+            .await?
+            .map(|s| SeriesRef {
+                pk: s.id,
+                uid: s.series_uid,
+            })
+            .ok_or(DbError::NotFound)
+    }
+
+    /// An instance, only if it belongs to `series` of `study`.
+    pub async fn find_instance(
+        &self,
+        study: &StudyRef,
+        series: &SeriesRef,
+        sop_uid: &str,
+    ) -> Result<instance::Model, DbError> {
+        self.instances_of(InstanceFilter {
+            hospital_pk: study.hospital_pk,
+            study_pk: study.pk,
+            series_pk: Some(series.pk),
+            instance_pk: None,
+        })
+        .filter(instance::Column::SopUid.eq(sop_uid))
+        .one(self.db.conn())
+        .await?
+        .ok_or(DbError::NotFound)
+    }
+
+    /// The UIDs of the series of a study, by primary key.
+    pub async fn series_uids(&self, study: &StudyRef) -> Result<Vec<(i64, String)>, DbError> {
+        Ok(series::Entity::find()
+            .select_only()
+            .column(series::Column::Id)
+            .column(series::Column::SeriesUid)
+            .filter(series::Column::HospitalId.eq(study.hospital_pk))
+            .filter(series::Column::StudyId.eq(study.pk))
+            .into_tuple::<(i64, String)>()
+            .all(self.db.conn())
+            .await?)
+    }
+
+    /// The distinct transfer syntaxes of the covered instances.
+    pub async fn transfer_syntaxes(&self, f: InstanceFilter) -> Result<Vec<String>, DbError> {
+        Ok(self
+            .instances_of(f)
+            .select_only()
+            .column(instance::Column::TransferSyntax)
+            .distinct()
+            .into_tuple::<String>()
+            .all(self.db.conn())
+            .await?)
+    }
+
+    /// Up to `limit` covered instances with a primary key above `after`.
+    pub async fn instance_blobs_page(
+        &self,
+        f: InstanceFilter,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<InstanceBlobRow>, DbError> {
+        let rows = self
+            .instances_of(f)
+            .filter(instance::Column::Id.gt(after))
+            .order_by_asc(instance::Column::Id)
+            .limit(limit)
+            .select_only()
+            .column(instance::Column::Id)
+            .column(instance::Column::BlobKey)
+            .column(instance::Column::SizeBytes)
+            .column(instance::Column::TransferSyntax)
+            .into_tuple::<(i64, String, i64, String)>()
+            .all(self.db.conn())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(pk, blob_key, size_bytes, transfer_syntax)| InstanceBlobRow {
+                    pk,
+                    blob_key,
+                    size_bytes,
+                    transfer_syntax,
+                },
+            )
+            .collect())
+    }
+
+    /// Up to `limit` covered instances' metadata with a primary key above
+    /// `after`.
+    pub async fn instance_metadata_page(
+        &self,
+        f: InstanceFilter,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<InstanceMetadataRow>, DbError> {
+        let rows = self
+            .instances_of(f)
+            .filter(instance::Column::Id.gt(after))
+            .order_by_asc(instance::Column::Id)
+            .limit(limit)
+            .select_only()
+            .column(instance::Column::Id)
+            .column(instance::Column::SeriesId)
+            .column(instance::Column::SopUid)
+            .column(instance::Column::Metadata)
+            .into_tuple::<(i64, i64, String, String)>()
+            .all(self.db.conn())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(pk, series_pk, sop_uid, metadata)| InstanceMetadataRow {
+                pk,
+                series_pk,
+                sop_uid,
+                metadata,
+            })
+            .collect())
+    }
+
+    /// Remove the covered instances from the index, in one transaction that
+    /// also journals their blob keys as pending (so a crash before the blobs
+    /// are deleted leaves them to the orphan sweeper, never leaked) and
+    /// recounts, or drops, the series and study they leave. Returns the blob
+    /// keys to delete; `NotFound` when nothing was covered.
+    pub async fn delete_instances(&self, f: InstanceFilter) -> Result<Vec<String>, DbError> {
+        // A study shared with this hospital is read-only here.
+        if f.hospital_pk != self.hospital.pk {
+            return Err(DbError::NotFound);
+        }
+        let txn = self.db.conn().begin().await?;
+        let now = now_millis();
+        // Lock the study row first, as ingest does, so a concurrent ingest
+        // into this study waits and the recounts stay exact.
+        txn.execute_raw(Statement::from_sql_and_values(
+            txn.get_database_backend(),
+            "UPDATE studies SET updated_at = $1 WHERE id = $2 AND hospital_id = $3",
+            vec![now.into(), f.study_pk.into(), self.hospital.pk.into()],
+        ))
+        .await?;
+        let victims = self
+            .instances_of(f)
+            .select_only()
+            .column(instance::Column::Id)
+            .column(instance::Column::SeriesId)
+            .column(instance::Column::BlobKey)
+            .into_tuple::<(i64, i64, String)>()
+            .all(&txn)
+            .await?;
+        if victims.is_empty() {
+            txn.rollback().await?;
+            return Err(DbError::NotFound);
+        }
+        for chunk in victims.chunks(500) {
+            let journal = chunk.iter().map(|(_, _, key)| pending_blob::ActiveModel {
+                blob_key: Set(key.clone()),
+                created_at: Set(now),
+                ..Default::default()
+            });
+            pending_blob::Entity::insert_many(journal)
+                .on_conflict(
+                    OnConflict::column(pending_blob::Column::BlobKey)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+            instance::Entity::delete_many()
+                .filter(instance::Column::HospitalId.eq(self.hospital.pk))
+                .filter(instance::Column::Id.is_in(chunk.iter().map(|(pk, _, _)| *pk)))
+                .exec(&txn)
+                .await?;
+        }
+        let series: BTreeSet<i64> = victims.iter().map(|(_, s, _)| *s).collect();
+        for series_pk in series {
+            recount(&txn, f.study_pk, series_pk, now).await?;
+        }
+        txn.commit().await?;
+        Ok(victims.into_iter().map(|(_, _, key)| key).collect())
+    }
+}
