@@ -27,6 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from common import Cloudpacs, check_holdings, corpus, fail, log, main_wrapper, sha256
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 def generated_set(tag):
@@ -154,6 +155,16 @@ def run_session(name, client, cp, corpus_dir, files, wado):
                 continue
             k = len(e["frames"])
             numbers = sorted({1, k})
+            if e["transfer_syntax"] == DEFLATED:
+                # documented: frames of a deflated data set need transcoding -> 406
+                try:
+                    client.retrieve_instance_frames(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                                    ds.SOPInstanceUID, frame_numbers=[1])
+                    fail(f"{name}: frames of deflated {e['source']} were served")
+                except requests.HTTPError as err:
+                    if err.response.status_code != 406:
+                        fail(f"{name}: frames of deflated {e['source']}: {err}")
+                continue
             frames = client.retrieve_instance_frames(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
                                                      frame_numbers=numbers,
                                                      media_types=(("application/octet-stream", "*"),)
