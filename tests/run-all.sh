@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: formatting, lints, the Rust tests
-# on SQLite and on PostgreSQL. Installs what it needs (idempotent).
+# on SQLite and on PostgreSQL, then conformance/run.sh (Orthanc and Python
+# dicomweb-client against the real binary). Installs what it needs (idempotent).
 #   tests/run-all.sh
 # PostgreSQL: CLOUDPACS_TEST_PG (default postgres://postgres@127.0.0.1:5432);
 # each run creates fresh databases and drops them afterwards.
@@ -36,5 +37,8 @@ drop_test_dbs() {
 trap drop_test_dbs EXIT
 psql -q -d "$PG/postgres" -c "CREATE DATABASE $run_db"
 TEST_DATABASE_URL="$PG/$run_db" cargo test --all
+
+step "conformance suite with real clients (Orthanc, dicomweb-client)"
+conformance/run.sh
 
 step "all passed"
