@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Python dicomweb-client 0.61 through requests Sessions, as third-party tools use it
-(run by conformance/run.sh; tests/clients/dwc_qido.py covers the `headers=` form and
-QIDO paging in `cargo test`).
+(run by conformance/run.sh; tests/clients/dwc_qido.py and dwc_wado.py cover the `headers=`
+form in `cargo test`).
 
 For each session, in its own hospital:
   dwc_bearer  requests.Session with a default `Authorization: Bearer <key>` header

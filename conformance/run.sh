@@ -77,7 +77,7 @@ cleanup() {
     done
     if [ "$rc" != 0 ]; then
         echo "conformance: logs kept in $WORK (cloudpacs.log, orthanc/orthanc.log)" >&2
-        grep '^E' "$WORK/orthanc/orthanc.log" 2>/dev/null | tail -n 15 >&2 || true
+        grep '^E' "$WORK/orthanc/orthanc.log" 2>/dev/null | head -n 15 >&2 || true
     elif [ "${CONFORMANCE_KEEP:-0}" = 1 ]; then
         echo "conformance: work folder kept: $WORK"
     else

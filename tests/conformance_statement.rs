@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cloudpacs::archive::FailureReason;
 use cloudpacs::dicom::query::{ATTRIBUTES, Kind, Level};
+use cloudpacs::dicomweb::accept::frame_media_type;
 use common::*;
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
@@ -109,8 +110,9 @@ fn route_table_matches_src_dicomweb_mod_rs() {
             };
             // the handler module names the service
             let after = handlers.split(&format!("{part}(")).nth(1).unwrap();
-            let module = after.split("::").next().unwrap().trim();
-            let service = match module {
+            let (module, handler) = after.split_once("::").unwrap();
+            let service = match module.trim() {
+                _ if handler.starts_with("delete_") => "non-standard",
                 "qido" => "QIDO-RS",
                 "stow" => "STOW-RS",
                 "wado" => "WADO-RS",
@@ -236,6 +238,12 @@ fn transfer_syntaxes_match_the_registry() {
     for r in table("transfer-syntaxes") {
         let ts = TransferSyntaxRegistry.get(&r[0]).unwrap();
         assert_eq!(ts.name(), r[1], "name of {}", r[0]);
+        assert_eq!(
+            frame_media_type(&r[0]),
+            r[2],
+            "media type of the frames of {}",
+            r[0]
+        );
     }
 }
 

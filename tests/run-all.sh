@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: formatting, lints, the Rust tests
-# on SQLite and on PostgreSQL, the S3 tests against s3s-fs. Installs what it
-# needs (idempotent).
+# on SQLite and on PostgreSQL, the S3 tests against s3s-fs, then
+# conformance/run.sh (Orthanc and Python dicomweb-client against the real
+# binary). Installs what it needs (idempotent).
 #   tests/run-all.sh
 # S3: tests/start-s3.sh installs s3s-fs 0.14.1 once (~3.5 min) and starts it
 # on a free loopback port; it is stopped at exit. (Garage: tests/s3-garage.sh.)
@@ -44,5 +45,8 @@ drop_test_dbs() {
 trap 'drop_test_dbs; cleanup_s3' EXIT
 psql -q -d "$PG/postgres" -c "CREATE DATABASE $run_db"
 TEST_DATABASE_URL="$PG/$run_db" cargo test --all
+
+step "conformance suite with real clients (Orthanc, dicomweb-client)"
+conformance/run.sh
 
 step "all passed"
