@@ -37,6 +37,25 @@ pub fn routes() -> Router<AppState> {
         .route("/instances",                                                             get(qido::search_instances))
 }
 
+/// Path parameters of the study, series and instance resources.
+#[derive(serde::Deserialize)]
+pub struct StudyPath {
+    pub study: String,
+}
+
+#[derive(serde::Deserialize)]
+pub struct SeriesPath {
+    pub study: String,
+    pub series: String,
+}
+
+#[derive(serde::Deserialize)]
+pub struct InstancePath {
+    pub study: String,
+    pub series: String,
+    pub instance: String,
+}
+
 /// The absolute (or, failing a trustworthy origin, root-relative) URL of the
 /// DICOMweb root this request addressed, for RetrieveURL and BulkDataURI.
 ///

@@ -5,10 +5,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Deserialize;
 
-use super::WebRoot;
 use super::query::parse;
+use super::{SeriesPath, StudyPath, WebRoot};
 use crate::app::AppState;
 use crate::archive::search::{RetrieveUrls, search};
 use crate::auth::Tenant;
@@ -16,17 +15,6 @@ use crate::db::HospitalDb;
 use crate::dicom::Uid;
 use crate::dicom::query::Level;
 use crate::error::ApiError;
-
-#[derive(Deserialize)]
-pub struct StudyPath {
-    study: String,
-}
-
-#[derive(Deserialize)]
-pub struct SeriesPath {
-    study: String,
-    series: String,
-}
 
 impl RetrieveUrls for WebRoot {
     fn study_url(&self, study: &str) -> String {

@@ -4,21 +4,15 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::WebRoot;
 use super::multipart::{Next, Parts};
+use super::{StudyPath, WebRoot};
 use crate::app::AppState;
 use crate::archive::{FailureReason, PartOutcome};
 use crate::auth::Tenant;
 use crate::dicom::Uid;
 use crate::error::ApiError;
-
-#[derive(Deserialize)]
-pub struct StudyPath {
-    study: String,
-}
 
 /// `POST /studies`
 pub async fn store_instances(

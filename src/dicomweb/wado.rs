@@ -21,8 +21,8 @@ use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::WebRoot;
 use super::accept::{self, BulkRep, FramesRep, Packaging};
+use super::{InstancePath, SeriesPath, StudyPath, WebRoot};
 use crate::app::AppState;
 use crate::archive::{Bulk, Frames, Level, Located, RetrieveError, can_convert};
 use crate::auth::Tenant;
@@ -47,24 +47,6 @@ impl From<RetrieveError> for ApiError {
             RetrieveError::Store(other) => ApiError::internal(other),
         }
     }
-}
-
-#[derive(Deserialize)]
-pub struct StudyPath {
-    study: String,
-}
-
-#[derive(Deserialize)]
-pub struct SeriesPath {
-    study: String,
-    series: String,
-}
-
-#[derive(Deserialize)]
-pub struct InstancePath {
-    study: String,
-    series: String,
-    instance: String,
 }
 
 #[derive(Deserialize)]
