@@ -1044,30 +1044,6 @@ async fn another_hospitals_uids_are_404_like_missing_ones() {
 /// Python dicomweb-client's retrieve_* calls against the real binary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_dicomweb_client_retrieves() {
-    let python = std::env::var("CLOUDPACS_TEST_PYTHON")
-        .expect("CLOUDPACS_TEST_PYTHON is not set: run `eval \"$(tests/setup-python.sh)\"` first");
-    let dir = tempfile::tempdir().unwrap();
-    let db = fresh_database().await;
-    let key = cli_key(dir.path(), db.as_deref(), "default", "writer");
-    let addr = free_addr();
-    let mut server = start_server(dir.path(), db.as_deref(), addr);
-    let out = std::process::Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/clients/dwc_wado.py"
-        ))
-        .arg(format!("http://{addr}/dicom-web"))
-        .arg(corpus_dir())
-        .arg(&key)
-        .output()
-        .unwrap();
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "dicomweb-client failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_python_client("dwc_wado.py").await;
     assert!(stdout.contains("all retrieve calls passed"), "{stdout}");
 }

@@ -553,3 +553,33 @@ pub fn start_server_with(
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// Run a Python dicomweb-client script of `tests/clients/` against the real
+/// binary (fresh index, a writer key of `default`), as
+/// `script BASE_URL CORPUS_DIR API_KEY`; its stdout when it succeeds.
+pub async fn run_python_client(script: &str) -> String {
+    let python = std::env::var("CLOUDPACS_TEST_PYTHON")
+        .expect("CLOUDPACS_TEST_PYTHON is not set: run `eval \"$(tests/setup-python.sh)\"` first");
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database().await;
+    let key = cli_key(dir.path(), db.as_deref(), "default", "writer");
+    let addr = free_addr();
+    let mut server = start_server(dir.path(), db.as_deref(), addr);
+    let out = Command::new(python)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/clients")
+                .join(script),
+        )
+        .arg(format!("http://{addr}/dicom-web"))
+        .arg(corpus_dir())
+        .arg(&key)
+        .output()
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    stdout
+}
