@@ -1033,3 +1033,44 @@ async fn cli_and_logs() {
         assert!(!logs.contains(secret), "{secret} appears in the logs");
     }
 }
+
+/// First start on an empty index: the hospital `default` and a superadmin
+/// key, printed once on the terminal (stderr), which works; a restart
+/// prints nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_prints_a_superadmin_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database().await;
+    let addr = free_addr();
+    let mut server = start_server(dir.path(), db.as_deref(), addr);
+    let printed = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let key = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("cpk_"))
+        .unwrap_or_else(|| panic!("no key printed: {printed}"))
+        .to_owned();
+    assert_eq!(printed.matches("cpk_").count(), 1);
+    let status = |key: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let req = format!(
+            "GET /api/hospitals HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out[9..12].to_owned()
+    };
+    assert_eq!(status(&key), "200", "the printed key is a superadmin key");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let addr = free_addr();
+    let mut again = start_server(dir.path(), db.as_deref(), addr);
+    let printed = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(
+        !printed.contains("cpk_"),
+        "a restart prints no key: {printed}"
+    );
+    again.kill().unwrap();
+    again.wait().unwrap();
+}
