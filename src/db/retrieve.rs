@@ -81,6 +81,20 @@ impl HospitalDb {
 
     /// A study this hospital may read; its own copy first when another
     /// hospital also shared a study with the same UID.
+    /// Keyset page of the covered instances: primary keys above `after`,
+    /// in order, at most `limit`.
+    fn page_of(
+        &self,
+        f: InstanceFilter,
+        after: i64,
+        limit: u64,
+    ) -> sea_orm::Select<instance::Entity> {
+        self.instances_of(f)
+            .filter(instance::Column::Id.gt(after))
+            .order_by_asc(instance::Column::Id)
+            .limit(limit)
+    }
+
     pub async fn find_study(&self, study_uid: &str) -> Result<StudyRef, DbError> {
         let found = study::Entity::find()
             .filter(self.visible_studies().await?)
@@ -171,10 +185,7 @@ impl HospitalDb {
         limit: u64,
     ) -> Result<Vec<InstanceBlobRow>, DbError> {
         let rows = self
-            .instances_of(f)
-            .filter(instance::Column::Id.gt(after))
-            .order_by_asc(instance::Column::Id)
-            .limit(limit)
+            .page_of(f, after, limit)
             .select_only()
             .column(instance::Column::Id)
             .column(instance::Column::BlobKey)
@@ -205,10 +216,7 @@ impl HospitalDb {
         limit: u64,
     ) -> Result<Vec<InstanceMetadataRow>, DbError> {
         let rows = self
-            .instances_of(f)
-            .filter(instance::Column::Id.gt(after))
-            .order_by_asc(instance::Column::Id)
-            .limit(limit)
+            .page_of(f, after, limit)
             .select_only()
             .column(instance::Column::Id)
             .column(instance::Column::SeriesId)
