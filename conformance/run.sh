@@ -13,6 +13,7 @@
 #                     the ones src/dicomweb/mod.rs routes (so they are required
 #                     as soon as they exist, and a regression fails the suite)
 #   CONFORMANCE_KEEP  1 = keep the work folder (logs, configs) after success
+#   CONFORMANCE_OHIF  0 = skip the OHIF viewer part (conformance/ohif.sh)
 #
 # Installs what is missing (idempotent): apt `orthanc orthanc-dicomweb`, the
 # Python venv of tests/setup-python.sh. Never starts the Debian service.
@@ -157,4 +158,9 @@ step "Python dicomweb-client, Bearer and Basic sessions"
     --corpus "$CORPUS" --wado "$WADO"
 
 kill -0 "$CP_PID" 2>/dev/null || die "cloudpacs died during the run"
+
+if [ "${CONFORMANCE_OHIF:-1}" != 0 ]; then
+    step "OHIF viewer in headless Chromium (conformance/ohif.sh)"
+    CLOUDPACS_BIN="$CLOUDPACS_BIN" "$HERE/ohif.sh"
+fi
 step "all clients passed"

@@ -15,6 +15,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::archive::Archive;
+use crate::auth::jwks::Jwks;
 use crate::auth::jwt::{JwtKeys, Oidc};
 use crate::config::ServeConfig;
 use crate::db::Db;
@@ -109,17 +110,32 @@ async fn jwt_keys(config: &ServeConfig) -> Result<JwtKeys, String> {
             }
         }
     };
-    let oidc = match (&a.oidc_issuer, &a.oidc_audience, &a.oidc_jwks_file) {
-        (Some(issuer), Some(audience), Some(file)) => {
-            let text = tokio::fs::read_to_string(file)
-                .await
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let keys = serde_json::from_str(&text)
-                .map_err(|e| format!("{} is not a JWKS document: {e}", file.display()))?;
+    let oidc = match (&a.oidc_issuer, &a.oidc_audience) {
+        (Some(issuer), Some(audience)) => {
+            let keys =
+                match &a.oidc_jwks_file {
+                    Some(file) => {
+                        let text = tokio::fs::read_to_string(file)
+                            .await
+                            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                        Jwks::fixed(serde_json::from_str(&text).map_err(|e| {
+                            format!("{} is not a JWKS document: {e}", file.display())
+                        })?)
+                    }
+                    None => {
+                        let keys = Jwks::remote(
+                            issuer,
+                            a.oidc_jwks_url.as_deref(),
+                            std::time::Duration::from_secs(a.oidc_jwks_refetch_secs),
+                        )?;
+                        keys.refresh().await;
+                        keys
+                    }
+                };
             Some(Oidc {
                 issuer: issuer.clone(),
                 audience: audience.clone(),
-                keys,
+                keys: Arc::new(keys),
                 hospital_claim: a.oidc_hospital_claim.clone(),
                 roles_claim: a.oidc_roles_claim.clone(),
             })

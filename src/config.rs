@@ -105,16 +105,34 @@ pub struct AuthConfig {
     pub jwt_ttl_secs: i64,
 
     /// Issuer (`iss`) of an external OpenID Connect provider's tokens.
-    #[arg(long, env = "CLOUDPACS_OIDC_ISSUER", requires_all = ["oidc_audience", "oidc_jwks_file"])]
+    /// Its keys come from `--oidc-jwks-file`, `--oidc-jwks-url`, or else
+    /// from the `jwks_uri` of `{issuer}/.well-known/openid-configuration`.
+    #[arg(long, env = "CLOUDPACS_OIDC_ISSUER", requires = "oidc_audience")]
     pub oidc_issuer: Option<String>,
 
     /// Audience (`aud`) the provider's tokens must carry.
     #[arg(long, env = "CLOUDPACS_OIDC_AUDIENCE")]
     pub oidc_audience: Option<String>,
 
-    /// The provider's public keys (a JWKS document, RS256/ES256).
-    #[arg(long, env = "CLOUDPACS_OIDC_JWKS_FILE")]
+    /// The provider's public keys (a JWKS document, RS256/ES256), read at start.
+    #[arg(long, env = "CLOUDPACS_OIDC_JWKS_FILE", requires = "oidc_issuer")]
     pub oidc_jwks_file: Option<PathBuf>,
+
+    /// URL of the provider's JWKS document (https, or http to a loopback
+    /// address), fetched at start, hourly, and when a token names an unknown
+    /// key id (at most every `--oidc-jwks-refetch-secs`).
+    #[arg(
+        long,
+        env = "CLOUDPACS_OIDC_JWKS_URL",
+        requires = "oidc_issuer",
+        conflicts_with = "oidc_jwks_file"
+    )]
+    pub oidc_jwks_url: Option<String>,
+
+    /// Least seconds between two fetches of the provider's keys (a token
+    /// naming an unknown key id triggers one).
+    #[arg(long, env = "CLOUDPACS_OIDC_JWKS_REFETCH_SECS", default_value_t = 30)]
+    pub oidc_jwks_refetch_secs: u64,
 
     /// Claim of the provider's tokens holding the hospital id.
     #[arg(
@@ -137,6 +155,8 @@ impl fmt::Debug for AuthConfig {
             .field("oidc_issuer", &self.oidc_issuer)
             .field("oidc_audience", &self.oidc_audience)
             .field("oidc_jwks_file", &self.oidc_jwks_file)
+            .field("oidc_jwks_url", &self.oidc_jwks_url)
+            .field("oidc_jwks_refetch_secs", &self.oidc_jwks_refetch_secs)
             .finish()
     }
 }

@@ -687,39 +687,15 @@ async fn jwt_attacks_are_401() {
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     let dir = tempfile::tempdir().unwrap();
     // an RSA key pair for an external OpenID Connect provider
-    let pem = dir.path().join("key.pem");
-    let ok = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&pem)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(ok.status.success());
-    let modulus = std::process::Command::new("openssl")
-        .args(["rsa", "-noout", "-modulus", "-in"])
-        .arg(&pem)
-        .output()
-        .unwrap();
-    let hex_n = String::from_utf8(modulus.stdout)
-        .unwrap()
-        .trim()
-        .trim_start_matches("Modulus=")
-        .to_owned();
-    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hex::decode(hex_n).unwrap());
+    let key = RsaKey::generate("k1");
     let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, json!({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"}]}).to_string()).unwrap();
-    let pubpem = std::process::Command::new("openssl")
-        .args(["rsa", "-pubout", "-in"])
-        .arg(&pem)
-        .output()
-        .unwrap()
-        .stdout;
+    std::fs::write(&jwks, json!({"keys": [key.jwk]}).to_string()).unwrap();
+    let (rsa, pubpem) = (key.encoding, key.public_pem);
 
     let app = TestApp::builder()
         .oidc("https://idp.example", "cloudpacs-viewer", &jwks)
         .build()
         .await;
-    let rsa = EncodingKey::from_rsa_pem(&std::fs::read(&pem).unwrap()).unwrap();
     let now = chrono::Utc::now().timestamp();
     let claims = |iss: &str, aud: &str, exp: i64| json!({"iss": iss, "aud": aud, "sub": "u1", "exp": exp, "nbf": now - 10, "hospital": "default", "roles": ["reader"]});
     let mut rs = Header::new(Algorithm::RS256);

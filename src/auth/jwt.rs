@@ -1,15 +1,18 @@
 //! JSON Web Tokens for people: tokens this server issues at login (HS256,
 //! key from config or generated at first start), and tokens of an external
-//! OpenID Connect provider (RS256/ES256, keys from a JWKS file). Algorithms,
+//! OpenID Connect provider (RS256/ES256, keys from [`Jwks`]). Algorithms,
 //! issuer, audience, `exp` and `nbf` are always checked; never
 //! `Validation::default()`.
 
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use std::sync::Arc;
+
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::jwks::Jwks;
 
 /// Issuer and audience of the tokens this server issues.
 pub const LOCAL_ISSUER: &str = "cloudpacs";
@@ -36,7 +39,7 @@ pub struct LocalClaims {
 pub struct Oidc {
     pub issuer: String,
     pub audience: String,
-    pub keys: JwkSet,
+    pub keys: Arc<Jwks>,
     /// Claim holding the hospital id.
     pub hospital_claim: String,
     /// Claim holding the roles (array or space/comma-separated string).
@@ -106,18 +109,18 @@ impl JwtKeys {
     }
 
     /// Verify a token of the configured OpenID Connect provider.
-    pub fn verify_external(&self, token: &str) -> Result<ExternalIdentity, JwtError> {
+    pub async fn verify_external(&self, token: &str) -> Result<ExternalIdentity, JwtError> {
         let oidc = self.oidc.as_ref().ok_or(JwtError::Invalid)?;
         let header = decode_header(token).map_err(|_| JwtError::Invalid)?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(JwtError::Invalid);
         }
-        let jwk: &Jwk = match &header.kid {
-            Some(kid) => oidc.keys.find(kid).ok_or(JwtError::Invalid)?,
-            None if oidc.keys.keys.len() == 1 => &oidc.keys.keys[0],
-            None => return Err(JwtError::Invalid),
-        };
-        let key = DecodingKey::from_jwk(jwk).map_err(|_| JwtError::Invalid)?;
+        let jwk = oidc
+            .keys
+            .key(header.kid.as_deref())
+            .await
+            .ok_or(JwtError::Invalid)?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| JwtError::Invalid)?;
         let mut v = Validation::new(header.alg);
         v.set_issuer(&[&oidc.issuer]);
         v.set_audience(&[&oidc.audience]);
@@ -160,8 +163,8 @@ impl JwtKeys {
 mod tests {
     use super::*;
 
-    #[test]
-    fn issued_tokens_verify_and_tampered_ones_do_not() {
+    #[tokio::test]
+    async fn issued_tokens_verify_and_tampered_ones_do_not() {
         let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", 3600, None);
         let (token, _) = keys.issue(42, "default").unwrap();
         assert_eq!(keys.verify_local(&token), Ok(42));
@@ -175,7 +178,7 @@ mod tests {
         parts[1] = &forged;
         assert_eq!(keys.verify_local(&parts.join(".")), Err(JwtError::Invalid));
         assert_eq!(
-            keys.verify_external(&token),
+            keys.verify_external(&token).await,
             Err(JwtError::Invalid),
             "no OIDC configured"
         );

@@ -17,6 +17,7 @@ use crate::app::AppState;
 use crate::db::{DbError, Hospital, HospitalDb};
 use crate::error::ApiError;
 
+pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod roles;
@@ -152,6 +153,7 @@ impl Principal {
         let ext = state
             .jwt
             .verify_external(token)
+            .await
             .map_err(|_| unauthorized())?;
         let home = db
             .find_hospital(&ext.hospital)

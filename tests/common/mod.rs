@@ -44,13 +44,22 @@ pub struct TestApp {
     pub key: String,
 }
 
+/// An external provider: issuer, audience and where its keys come from.
+struct Oidc {
+    issuer: String,
+    audience: String,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    refetch_secs: u64,
+}
+
 pub struct TestAppBuilder {
     duplicate_policy: DuplicatePolicy,
     max_request_bytes: u64,
     public_url: Option<String>,
     qido_limits: (u64, u64),
     cors_origins: Vec<String>,
-    oidc: Option<(String, String, PathBuf)>,
+    oidc: Option<Oidc>,
     storage: Option<String>,
     s3: S3Args,
 }
@@ -170,7 +179,32 @@ impl TestAppBuilder {
 
     /// Accept tokens of an OpenID Connect provider (issuer, audience, JWKS file).
     pub fn oidc(mut self, issuer: &str, audience: &str, jwks: &Path) -> Self {
-        self.oidc = Some((issuer.into(), audience.into(), jwks.into()));
+        self.oidc = Some(Oidc {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            jwks_file: Some(jwks.into()),
+            jwks_url: None,
+            refetch_secs: 30,
+        });
+        self
+    }
+
+    /// A provider whose keys are fetched: from `jwks_url`, or discovered
+    /// from the issuer; at most every `refetch_secs`.
+    pub fn oidc_remote(
+        mut self,
+        issuer: &str,
+        audience: &str,
+        jwks_url: Option<&str>,
+        refetch_secs: u64,
+    ) -> Self {
+        self.oidc = Some(Oidc {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            jwks_file: None,
+            jwks_url: jwks_url.map(str::to_owned),
+            refetch_secs,
+        });
         self
     }
 
@@ -220,9 +254,11 @@ impl TestAppBuilder {
                 jwt_ttl_secs: 3600,
                 oidc_hospital_claim: "hospital".into(),
                 oidc_roles_claim: "roles".into(),
-                oidc_issuer: self.oidc.as_ref().map(|o| o.0.clone()),
-                oidc_audience: self.oidc.as_ref().map(|o| o.1.clone()),
-                oidc_jwks_file: self.oidc.as_ref().map(|o| o.2.clone()),
+                oidc_issuer: self.oidc.as_ref().map(|o| o.issuer.clone()),
+                oidc_audience: self.oidc.as_ref().map(|o| o.audience.clone()),
+                oidc_jwks_file: self.oidc.as_ref().and_then(|o| o.jwks_file.clone()),
+                oidc_jwks_url: self.oidc.as_ref().and_then(|o| o.jwks_url.clone()),
+                oidc_jwks_refetch_secs: self.oidc.as_ref().map_or(30, |o| o.refetch_secs),
             },
             cors_origins: self.cors_origins,
             log_format: LogFormat::Text,
@@ -582,4 +618,40 @@ pub async fn run_python_client(script: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
     stdout
+}
+
+/// An RSA key pair of a test identity provider (made by the openssl
+/// command line): the signing key and its public JWK.
+pub struct RsaKey {
+    pub encoding: jsonwebtoken::EncodingKey,
+    pub jwk: serde_json::Value,
+    /// The public key, PEM.
+    pub public_pem: Vec<u8>,
+}
+
+impl RsaKey {
+    pub fn generate(kid: &str) -> RsaKey {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("key.pem");
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .arg(&pem)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "openssl {args:?}");
+            out.stdout
+        };
+        openssl(&["genrsa", "-out"]); // 2048 bits
+        let modulus = String::from_utf8(openssl(&["rsa", "-noout", "-modulus", "-in"])).unwrap();
+        let n = hex::decode(modulus.trim().trim_start_matches("Modulus=")).unwrap();
+        RsaKey {
+            encoding: jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&pem).unwrap())
+                .unwrap(),
+            jwk: serde_json::json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+                "n": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n), "e": "AQAB"}),
+            public_pem: openssl(&["rsa", "-pubout", "-in"]),
+        }
+    }
 }
