@@ -346,6 +346,17 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         })
     };
 
+    let audit = state.audit.clone();
+    let retention_stop = Arc::new(tokio::sync::Notify::new());
+    let retention = (config.policy.retention_interval_secs > 0).then(|| {
+        tokio::spawn(cloudpacs::retention::run(
+            state.clone(),
+            Duration::from_secs(config.policy.retention_interval_secs),
+            config.policy.retention_batch,
+            retention_stop.clone(),
+        ))
+    });
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -363,6 +374,8 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tokio::select! {
         result = &mut server => {
             sweeper.abort();
+            retention_stop.notify_one();
+            audit.flush().await;
             return result.map_err(|e| e.to_string())?.map_err(|e| e.to_string());
         }
         () = shutdown_signal() => {}
@@ -370,10 +383,19 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tracing::info!("shutting down: finishing in-flight requests");
     shutdown.notify_one();
     sweeper.abort();
-    match tokio::time::timeout(Duration::from_secs(config.shutdown_grace_secs), server).await {
+    retention_stop.notify_one();
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    match tokio::time::timeout(grace, server).await {
         Ok(_) => tracing::info!("stopped"),
         Err(_) => tracing::warn!("grace period over; stopping with requests in flight"),
     }
+    if let Some(task) = retention
+        && tokio::time::timeout(grace, task).await.is_err()
+    {
+        tracing::warn!("grace period over; a retention sweep was interrupted");
+    }
+    // Every audit row of the requests served is written before exiting.
+    audit.flush().await;
     Ok(())
 }
 

@@ -53,6 +53,7 @@ pub struct TestAppBuilder {
     oidc: Option<(String, String, PathBuf)>,
     storage: Option<String>,
     s3: S3Args,
+    policy: cloudpacs::config::PolicyArgs,
 }
 
 impl TestApp {
@@ -66,6 +67,7 @@ impl TestApp {
             oidc: None,
             storage: None,
             s3: S3Args::default(),
+            policy: cloudpacs::config::PolicyArgs::default(),
         }
     }
 
@@ -198,6 +200,15 @@ impl TestAppBuilder {
         self
     }
 
+    /// `--trusted-proxies`.
+    pub fn trusted_proxies(mut self, cidrs: &[&str]) -> Self {
+        self.policy.trusted_proxies = cidrs
+            .iter()
+            .map(|c| cloudpacs::policy::parse_cidr(c).unwrap())
+            .collect();
+        self
+    }
+
     pub async fn build(self) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let config = ServeConfig {
@@ -227,6 +238,7 @@ impl TestAppBuilder {
             cors_origins: self.cors_origins,
             log_format: LogFormat::Text,
             shutdown_grace_secs: 1,
+            policy: self.policy,
         };
         let state = AppState::open(&config).await.unwrap();
         let router = app(state.clone());
@@ -397,6 +409,15 @@ pub fn part10(obj: InMemDicomObject, sop: &str) -> Vec<u8> {
     let mut out = Vec::new();
     obj.with_exact_meta(meta).write_all(&mut out).unwrap();
     out
+}
+
+/// The request as if it came from the socket peer `peer` (`ip:port`):
+/// in-process requests have no `ConnectInfo` unless a test gives one.
+pub fn from_peer(mut req: Request<Body>, peer: &str) -> Request<Body> {
+    let addr: SocketAddr = peer.parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    req
 }
 
 /// A multipart/related body of application/dicom parts.
