@@ -2,6 +2,8 @@
 //! users, sharing. The same functions serve the CLI. Errors are
 //! `{"error": {"code", "message"}}` like everywhere.
 
+mod policy;
+
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
