@@ -318,8 +318,14 @@ mod tests {
     fn actions_follow_the_route_templates() {
         let a = |m: Method, t: &str| action_of(&m, t);
         let web = "/tenants/{hospital_id}/dicom-web";
-        assert_eq!(a(Method::POST, "/dicom-web/studies").as_deref(), Some("stow"));
-        assert_eq!(a(Method::GET, "/dicom-web/studies").as_deref(), Some("qido"));
+        assert_eq!(
+            a(Method::POST, "/dicom-web/studies").as_deref(),
+            Some("stow")
+        );
+        assert_eq!(
+            a(Method::GET, "/dicom-web/studies").as_deref(),
+            Some("qido")
+        );
         assert_eq!(
             a(Method::GET, &format!("{web}/studies/{{study}}/series")).as_deref(),
             Some("qido")
@@ -329,7 +335,11 @@ mod tests {
             Some("wado")
         );
         assert_eq!(
-            a(Method::GET, "/dicom-web/studies/{study}/series/{series}/metadata").as_deref(),
+            a(
+                Method::GET,
+                "/dicom-web/studies/{study}/series/{series}/metadata"
+            )
+            .as_deref(),
             Some("metadata")
         );
         assert_eq!(

@@ -154,7 +154,11 @@ pub struct PolicyArgs {
     /// Seconds between runs of the retention sweeper, which deletes the
     /// studies of hospitals with `dataRetentionDays` once they are older.
     /// 0 disables it on this replica.
-    #[arg(long, env = "CLOUDPACS_RETENTION_INTERVAL_SECS", default_value_t = 3600)]
+    #[arg(
+        long,
+        env = "CLOUDPACS_RETENTION_INTERVAL_SECS",
+        default_value_t = 3600
+    )]
     pub retention_interval_secs: u64,
     /// Studies the retention sweeper deletes per batch (it renews its lease
     /// between batches).

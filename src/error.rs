@@ -32,7 +32,9 @@ pub enum ApiError {
     MfaCodeRequired,
     /// The hospital requires MFA and the user has none enrolled. The body
     /// carries a short-lived token that only enrolls.
-    #[error("hospital {hospital} requires MFA and this user has no TOTP enrolled: call POST /api/auth/mfa/enroll with the enrollmentToken as Bearer, add the secret to an authenticator app, confirm with POST /api/auth/mfa/verify {{\"code\"}}, then log in with \"totp\"")]
+    #[error(
+        "hospital {hospital} requires MFA and this user has no TOTP enrolled: call POST /api/auth/mfa/enroll with the enrollmentToken as Bearer, add the secret to an authenticator app, confirm with POST /api/auth/mfa/verify {{\"code\"}}, then log in with \"totp\""
+    )]
     MfaEnrollmentRequired { hospital: String, token: String },
     #[error("{0}")]
     UnsupportedMediaType(String),

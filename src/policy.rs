@@ -96,9 +96,10 @@ impl Policy {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_i64() {
                 Some(0) => None,
-                Some(d) if d > 0 => Some(u32::try_from(d).map_err(|_| {
-                    format!("{RETENTION_DAYS} must be at most {}", u32::MAX)
-                })?),
+                Some(d) if d > 0 => Some(
+                    u32::try_from(d)
+                        .map_err(|_| format!("{RETENTION_DAYS} must be at most {}", u32::MAX))?,
+                ),
                 _ => {
                     return Err(format!(
                         "{RETENTION_DAYS} must be a whole number of days, 0 or more (0 or null: keep forever)"
@@ -197,7 +198,10 @@ mod tests {
     fn cidrs_and_addresses_parse() {
         assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(parse_cidr("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
-        assert_eq!(parse_cidr("2001:db8::1/32").unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(
+            parse_cidr("2001:db8::1/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
         for bad in ["10.0.0.0/33", "banana", "", "10.0.0/8", "::1/129"] {
             assert!(parse_cidr(bad).is_err(), "{bad}");
         }
@@ -226,7 +230,11 @@ mod tests {
         );
         // Trusted proxy: the right-most untrusted hop.
         assert_eq!(
-            client_ip(ip("10.0.0.5"), ["6.6.6.6, 198.51.100.7"].into_iter(), &trusted),
+            client_ip(
+                ip("10.0.0.5"),
+                ["6.6.6.6, 198.51.100.7"].into_iter(),
+                &trusted
+            ),
             ip("198.51.100.7")
         );
         assert_eq!(

@@ -94,7 +94,10 @@ async fn due(app: &AppState, now: i64, batch: u64) -> Result<Vec<(Hospital, Stri
             break;
         }
         let cutoff = now.saturating_sub(i64::from(days) * DAY_MS);
-        for uid in db.studies_received_before(hospital.pk, cutoff, room).await? {
+        for uid in db
+            .studies_received_before(hospital.pk, cutoff, room)
+            .await?
+        {
             out.push((hospital.clone(), uid));
         }
     }

@@ -198,7 +198,14 @@ async fn storage_quota_exactly_at_the_limit_and_one_byte_over() {
     // Exactly at the limit.
     let u = usage(&app, &key, &h).await;
     assert_eq!(u["bytes"], 2 * size);
-    assert_eq!((u["studies"].as_i64(), u["series"].as_i64(), u["instances"].as_i64()), (Some(1), Some(1), Some(2)));
+    assert_eq!(
+        (
+            u["studies"].as_i64(),
+            u["series"].as_i64(),
+            u["instances"].as_i64()
+        ),
+        (Some(1), Some(1), Some(2))
+    );
     assert_eq!(u["maxStorage"], 2 * size);
     let blobs = app.blob_files().len();
 
@@ -273,7 +280,14 @@ async fn usage_follows_deletes_and_overwrites_exactly() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let u = usage(&app, &key, &h).await;
-    assert_eq!((u["bytes"].as_i64(), u["instances"].as_i64(), u["studies"].as_i64()), (Some(0), Some(0), Some(0)));
+    assert_eq!(
+        (
+            u["bytes"].as_i64(),
+            u["instances"].as_i64(),
+            u["studies"].as_i64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
     assert_eq!(stow(&app, &key, &[inst(S2, 1)]).await.0, StatusCode::OK);
 
     // Overwrite with a bigger object: charged the difference only.
@@ -289,7 +303,10 @@ async fn usage_follows_deletes_and_overwrites_exactly() {
         .frames(40)
         .bytes();
     assert!(huge.len() as i64 > 3 * size);
-    assert_eq!(failure_reasons(&stow(&app, &key, &[huge]).await.1), vec![0xA700]);
+    assert_eq!(
+        failure_reasons(&stow(&app, &key, &[huge]).await.1),
+        vec![0xA700]
+    );
     assert_eq!(assert_usage_exact(&app, &key, &h).await, big);
     assert_eq!(app.blob_files().len(), 1);
 }
@@ -307,7 +324,12 @@ async fn two_concurrent_stows_cannot_overshoot_the_quota() {
     let stored = referenced(&ra.1).len() + referenced(&rb.1).len();
     let failed = failure_reasons(&ra.1).len() + failure_reasons(&rb.1).len();
     assert_eq!((stored, failed), (3, 3), "{} {}", ra.1, rb.1);
-    assert!(failure_reasons(&ra.1).iter().chain(&failure_reasons(&rb.1)).all(|c| *c == 0xA700));
+    assert!(
+        failure_reasons(&ra.1)
+            .iter()
+            .chain(&failure_reasons(&rb.1))
+            .all(|c| *c == 0xA700)
+    );
     assert_eq!(assert_usage_exact(&app, &key, &h).await, 3 * size);
     assert_eq!(app.blob_files().len(), 3, "refused blobs are removed");
 }
@@ -332,11 +354,19 @@ async fn max_users_is_enforced_with_a_clear_409() {
         assert_eq!(status, want, "{name}: {body}");
         if want == StatusCode::CONFLICT {
             assert_eq!(error_code(&body), "quota_exceeded");
-            assert!(body["error"]["message"].as_str().unwrap().contains("2 users"));
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("2 users")
+            );
         }
     }
     let u = usage(&app, &key, &h).await;
-    assert_eq!((u["users"].as_i64(), u["maxUsers"].as_i64()), (Some(2), Some(2)));
+    assert_eq!(
+        (u["users"].as_i64(), u["maxUsers"].as_i64()),
+        (Some(2), Some(2))
+    );
     // Another hospital's admin cannot read this usage.
     let (_, other) = hospital(&app, &sa).await;
     let (status, _) = Req::new("GET", format!("/api/hospitals/{h}/usage"), &other)
@@ -360,36 +390,68 @@ async fn allow_lists_admit_listed_v4_and_v6_clients_only() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["settings"]["allowedIPs"], json!(["10.1.0.0/16", "2001:db8::/32"]));
+    assert_eq!(
+        body["settings"]["allowedIPs"],
+        json!(["10.1.0.0/16", "2001:db8::/32"])
+    );
 
     let qido = |peer: Option<&'static str>| {
         let mut r = Req::new("GET", "/dicom-web/studies", &key);
         r.peer = peer;
         r
     };
-    assert_eq!(qido(Some("10.1.2.3:40000")).send(&app).await.0, StatusCode::OK);
-    assert_eq!(qido(Some("[2001:db8::7]:40000")).send(&app).await.0, StatusCode::OK);
-    assert_eq!(qido(Some("[::ffff:10.1.9.9]:40000")).send(&app).await.0, StatusCode::OK);
+    assert_eq!(
+        qido(Some("10.1.2.3:40000")).send(&app).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        qido(Some("[2001:db8::7]:40000")).send(&app).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        qido(Some("[::ffff:10.1.9.9]:40000")).send(&app).await.0,
+        StatusCode::OK
+    );
     let (status, body) = qido(Some("192.0.2.1:40000")).send(&app).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(error_code(&body), "ip_not_allowed");
     assert!(body["error"]["message"].as_str().unwrap().contains(&h));
-    assert_eq!(qido(Some("[2001:db9::1]:1")).send(&app).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        qido(Some("[2001:db9::1]:1")).send(&app).await.0,
+        StatusCode::FORBIDDEN
+    );
     // No socket address at all: refused, not guessed.
     assert_eq!(qido(None).send(&app).await.0, StatusCode::FORBIDDEN);
     // STOW too, and the admin API acting on the hospital.
     assert_eq!(
-        stow_from(&app, "/dicom-web/studies", &key, &[inst(S1, 1)], Some("192.0.2.1:1")).await.0,
+        stow_from(
+            &app,
+            "/dicom-web/studies",
+            &key,
+            &[inst(S1, 1)],
+            Some("192.0.2.1:1")
+        )
+        .await
+        .0,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        stow_from(&app, "/dicom-web/studies", &key, &[inst(S1, 1)], Some("10.1.0.1:1")).await.0,
+        stow_from(
+            &app,
+            "/dicom-web/studies",
+            &key,
+            &[inst(S1, 1)],
+            Some("10.1.0.1:1")
+        )
+        .await
+        .0,
         StatusCode::OK
     );
-    let usage_from = |peer| {
-        Req::new("GET", format!("/api/hospitals/{h}/usage"), &key).peer(peer)
-    };
-    assert_eq!(usage_from("192.0.2.1:1").send(&app).await.0, StatusCode::FORBIDDEN);
+    let usage_from = |peer| Req::new("GET", format!("/api/hospitals/{h}/usage"), &key).peer(peer);
+    assert_eq!(
+        usage_from("192.0.2.1:1").send(&app).await.0,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(usage_from("10.1.0.1:1").send(&app).await.0, StatusCode::OK);
     // The hospital's data through another hospital's credential: its list too.
     assert_eq!(
@@ -410,7 +472,13 @@ async fn allow_lists_admit_listed_v4_and_v6_clients_only() {
         StatusCode::OK
     );
     // Other hospitals are unaffected.
-    assert_eq!(Req::new("GET", "/dicom-web/studies", &app.key).send(&app).await.0, StatusCode::OK);
+    assert_eq!(
+        Req::new("GET", "/dicom-web/studies", &app.key)
+            .send(&app)
+            .await
+            .0,
+        StatusCode::OK
+    );
     // Without trusted proxies, X-Forwarded-For is ignored: neither a spoof
     // from outside nor the (untrusted) load balancer's header is believed.
     assert_eq!(
@@ -434,7 +502,13 @@ async fn behind_a_trusted_proxy_the_right_most_untrusted_hop_is_the_client() {
         .await;
     let sa = app.key_for("default", Role::Superadmin).await;
     let (h, key) = hospital(&app, &sa).await;
-    patch(&app, &sa, &h, json!({"settings": {"allowedIPs": ["10.1.0.0/16"]}})).await;
+    patch(
+        &app,
+        &sa,
+        &h,
+        json!({"settings": {"allowedIPs": ["10.1.0.0/16"]}}),
+    )
+    .await;
     let via = |peer: &'static str, xff: Option<&'static str>| {
         let mut r = Req::new("GET", "/dicom-web/studies", &key).peer(peer);
         r.xff = xff;
@@ -444,7 +518,11 @@ async fn behind_a_trusted_proxy_the_right_most_untrusted_hop_is_the_client() {
         ("10.0.0.5:1", Some("10.1.2.3"), StatusCode::OK),
         ("10.0.0.5:1", Some("192.0.2.1"), StatusCode::FORBIDDEN),
         // The client spoofs an allowed address; the proxy appends the real one.
-        ("10.0.0.5:1", Some("10.1.2.3, 192.0.2.1"), StatusCode::FORBIDDEN),
+        (
+            "10.0.0.5:1",
+            Some("10.1.2.3, 192.0.2.1"),
+            StatusCode::FORBIDDEN,
+        ),
         ("10.0.0.5:1", Some("192.0.2.1, 10.1.2.3"), StatusCode::OK),
         // Two proxies in a row.
         ("10.0.0.5:1", Some("10.1.2.3, 10.0.0.7"), StatusCode::OK),
@@ -458,9 +536,13 @@ async fn behind_a_trusted_proxy_the_right_most_untrusted_hop_is_the_client() {
     }
     // The audit trail records the client, not the proxy.
     via("10.0.0.5:1", Some("10.1.2.3")).send(&app).await;
-    let (_, trail) = Req::new("GET", format!("/api/audit?hospitalId={h}&action=qido&limit=1"), &sa)
-        .send(&app)
-        .await;
+    let (_, trail) = Req::new(
+        "GET",
+        format!("/api/audit?hospitalId={h}&action=qido&limit=1"),
+        &sa,
+    )
+    .send(&app)
+    .await;
     assert_eq!(trail["items"][0]["clientIp"], "10.1.2.3", "{trail}");
 }
 
@@ -490,12 +572,26 @@ async fn settings_are_validated() {
         .send(&app)
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("lock out"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lock out")
+    );
     // Valid settings merge with the stored ones.
-    let (status, body) = patch(&app, &key, &h, json!({"settings": {"dataRetentionDays": 30, "theme": "dark"}})).await;
+    let (status, body) = patch(
+        &app,
+        &key,
+        &h,
+        json!({"settings": {"dataRetentionDays": 30, "theme": "dark"}}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, body) = patch(&app, &key, &h, json!({"settings": {"requireMFA": false}})).await;
-    assert_eq!(body["settings"], json!({"dataRetentionDays": 30, "theme": "dark", "requireMFA": false}));
+    assert_eq!(
+        body["settings"],
+        json!({"dataRetentionDays": 30, "theme": "dark", "requireMFA": false})
+    );
 }
 
 // ---------------------------------------------------------------- retention
@@ -507,7 +603,13 @@ async fn retention_deletes_old_studies_through_the_delete_path_with_a_fake_clock
     let sa = app.key_for("default", Role::Superadmin).await;
     let (h, key) = hospital(&app, &sa).await;
     let (h2, key2) = hospital(&app, &sa).await;
-    patch(&app, &sa, &h, json!({"settings": {"dataRetentionDays": 30}})).await;
+    patch(
+        &app,
+        &sa,
+        &h,
+        json!({"settings": {"dataRetentionDays": 30}}),
+    )
+    .await;
     stow(&app, &key, &[inst(S1, 1), inst(S1, 2)]).await;
     stow(&app, &key, &[inst(S2, 1)]).await;
     stow(&app, &key2, &[inst(S3, 1)]).await;
@@ -515,12 +617,24 @@ async fn retention_deletes_old_studies_through_the_delete_path_with_a_fake_clock
     let state = &app.state;
 
     // Not old enough yet.
-    assert_eq!(sweep(state, "replica-a", 1, now + 29 * DAY_MS).await.unwrap(), 0);
+    assert_eq!(
+        sweep(state, "replica-a", 1, now + 29 * DAY_MS)
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(app.instance_count().await, 4);
 
     // Another replica holds the lease: this one does nothing.
     let t = now + 31 * DAY_MS;
-    assert!(state.archive.db.claim_lease("retention", "replica-b", t, 60_000).await.unwrap());
+    assert!(
+        state
+            .archive
+            .db
+            .claim_lease("retention", "replica-b", t, 60_000)
+            .await
+            .unwrap()
+    );
     assert_eq!(sweep(state, "replica-a", 1, t).await.unwrap(), 0);
     assert_eq!(app.instance_count().await, 4);
 
@@ -528,24 +642,45 @@ async fn retention_deletes_old_studies_through_the_delete_path_with_a_fake_clock
     // deletes in batches of one until done.
     assert_eq!(sweep(state, "replica-a", 1, t + 61_000).await.unwrap(), 2);
     let u = usage(&app, &key, &h).await;
-    assert_eq!((u["studies"].as_i64(), u["bytes"].as_i64()), (Some(0), Some(0)));
-    assert_eq!(assert_usage_exact(&app, &key2, &h2).await, inst(S3, 1).len() as i64);
-    assert_eq!(app.instance_count().await, 1, "the other hospital keeps its study");
+    assert_eq!(
+        (u["studies"].as_i64(), u["bytes"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        assert_usage_exact(&app, &key2, &h2).await,
+        inst(S3, 1).len() as i64
+    );
+    assert_eq!(
+        app.instance_count().await,
+        1,
+        "the other hospital keeps its study"
+    );
     assert_eq!(app.blob_files().len(), 1, "blobs deleted too");
-    assert_eq!(app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await, 0);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
+        0
+    );
     // The lease was released: the next run (any replica) can work.
     assert_eq!(sweep(state, "replica-b", 1, t + 62_000).await.unwrap(), 0);
 
     // Audited as deletes by the system, in the hospital's trail.
-    let (_, trail) = Req::new("GET", "/api/audit?action=delete", &key).send(&app).await;
+    let (_, trail) = Req::new("GET", "/api/audit?action=delete", &key)
+        .send(&app)
+        .await;
     let items = trail["items"].as_array().unwrap();
     assert_eq!(items.len(), 2, "{trail}");
     for item in items {
-        assert_eq!(item["actor"], json!({"type": "system", "id": "retention", "name": null}));
+        assert_eq!(
+            item["actor"],
+            json!({"type": "system", "id": "retention", "name": null})
+        );
         assert_eq!(item["hospitalId"], h.as_str());
         assert_eq!(item["status"], 204);
     }
-    let mut studies: Vec<_> = items.iter().map(|i| i["studyInstanceUID"].as_str().unwrap()).collect();
+    let mut studies: Vec<_> = items
+        .iter()
+        .map(|i| i["studyInstanceUID"].as_str().unwrap())
+        .collect();
     studies.sort();
     assert_eq!(studies, vec![S1, S2]);
 }
@@ -567,18 +702,28 @@ async fn concurrent_sweepers_delete_each_study_once() {
     );
     assert_eq!(a.unwrap() + b.unwrap(), 3);
     assert_eq!(app.instance_count().await, 0);
-    let (_, trail) = Req::new("GET", "/api/audit?action=delete", &key).send(&app).await;
-    assert_eq!(trail["items"].as_array().unwrap().len(), 3, "no double deletes");
+    let (_, trail) = Req::new("GET", "/api/audit?action=delete", &key)
+        .send(&app)
+        .await;
+    assert_eq!(
+        trail["items"].as_array().unwrap().len(),
+        3,
+        "no double deletes"
+    );
 }
 
 // --------------------------------------------------------------------- MFA
 
 async fn login(app: &TestApp, h: &str, totp: Option<&str>) -> (StatusCode, Value) {
-    let mut body = json!({"username": "rad1", "password": "correct horse battery", "hospitalId": h});
+    let mut body =
+        json!({"username": "rad1", "password": "correct horse battery", "hospitalId": h});
     if let Some(code) = totp {
         body["totp"] = json!(code);
     }
-    Req::anonymous("POST", "/api/auth/login").json(body).send(app).await
+    Req::anonymous("POST", "/api/auth/login")
+        .json(body)
+        .send(app)
+        .await
 }
 
 #[tokio::test]
@@ -600,29 +745,49 @@ async fn mfa_enrollment_and_login_with_totp() {
     let (status, body) = login(&app, &h, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(error_code(&body), "mfa_enrollment_required");
-    assert!(body["error"]["message"].as_str().unwrap().contains("/api/auth/mfa/enroll"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/api/auth/mfa/enroll")
+    );
     let enrollment = body["enrollmentToken"].as_str().unwrap().to_owned();
     assert!(body.get("token").is_none());
     assert_eq!(
-        Req::new("GET", "/dicom-web/studies", &enrollment).send(&app).await.0,
+        Req::new("GET", "/dicom-web/studies", &enrollment)
+            .send(&app)
+            .await
+            .0,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        Req::new("GET", format!("/api/hospitals/{h}"), &enrollment).send(&app).await.0,
+        Req::new("GET", format!("/api/hospitals/{h}"), &enrollment)
+            .send(&app)
+            .await
+            .0,
         StatusCode::UNAUTHORIZED
     );
 
-    let (status, body) = Req::new("POST", "/api/auth/mfa/enroll", &enrollment).send(&app).await;
+    let (status, body) = Req::new("POST", "/api/auth/mfa/enroll", &enrollment)
+        .send(&app)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let secret = body["secret"].as_str().unwrap().to_owned();
     let uri = body["otpauthUri"].as_str().unwrap();
-    assert!(uri.starts_with("otpauth://totp/") && uri.contains(&format!("secret={secret}")), "{uri}");
+    assert!(
+        uri.starts_with("otpauth://totp/") && uri.contains(&format!("secret={secret}")),
+        "{uri}"
+    );
     let t = chrono::Utc::now().timestamp();
     let (status, _) = Req::new("POST", "/api/auth/mfa/verify", &enrollment)
         .json(json!({"code": code_at(&secret, t - 3600).unwrap()}))
         .send(&app)
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "a stale code does not confirm");
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a stale code does not confirm"
+    );
     let now_code = code_at(&secret, t).unwrap();
     let (status, body) = Req::new("POST", "/api/auth/mfa/verify", &enrollment)
         .json(json!({"code": now_code}))
@@ -634,7 +799,10 @@ async fn mfa_enrollment_and_login_with_totp() {
     let (status, body) = login(&app, &h, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(error_code(&body), "mfa_code_required");
-    assert_eq!(login(&app, &h, Some("000000x")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login(&app, &h, Some("000000x")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(
         login(&app, &h, Some(&now_code)).await.0,
         StatusCode::UNAUTHORIZED,
@@ -644,14 +812,24 @@ async fn mfa_enrollment_and_login_with_totp() {
     let (status, body) = login(&app, &h, Some(&next)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let token = body["token"].as_str().unwrap().to_owned();
-    assert_eq!(login(&app, &h, Some(&next)).await.0, StatusCode::UNAUTHORIZED, "replay");
     assert_eq!(
-        Req::new("GET", "/dicom-web/studies", &token).send(&app).await.0,
+        login(&app, &h, Some(&next)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "replay"
+    );
+    assert_eq!(
+        Req::new("GET", "/dicom-web/studies", &token)
+            .send(&app)
+            .await
+            .0,
         StatusCode::OK
     );
     // API keys are not users: no enrollment for them.
     assert_eq!(
-        Req::new("POST", "/api/auth/mfa/enroll", &key).send(&app).await.0,
+        Req::new("POST", "/api/auth/mfa/enroll", &key)
+            .send(&app)
+            .await
+            .0,
         StatusCode::FORBIDDEN
     );
 }
@@ -664,15 +842,31 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
     let sa = app.key_for("default", Role::Superadmin).await;
     let (b, b_key) = hospital(&app, &sa).await;
     let admin = app.key.clone();
-    let key_id = admin.strip_prefix("cpk_").unwrap().rsplit_once('_').unwrap().0.to_owned();
+    let key_id = admin
+        .strip_prefix("cpk_")
+        .unwrap()
+        .rsplit_once('_')
+        .unwrap()
+        .0
+        .to_owned();
     let peer = "198.51.100.4:5000";
     let series = format!("{S1}.1");
     let sop = format!("{S1}.1.1");
     let mut expect: Vec<(&str, StatusCode)> = Vec::new();
 
-    let (status, _) = stow_from(&app, "/dicom-web/studies", &admin, &[inst(S1, 1)], Some(peer)).await;
+    let (status, _) = stow_from(
+        &app,
+        "/dicom-web/studies",
+        &admin,
+        &[inst(S1, 1)],
+        Some(peer),
+    )
+    .await;
     expect.push(("stow", status));
-    let (status, _) = Req::new("GET", "/dicom-web/studies?PatientName=Doe*", &admin).peer(peer).send(&app).await;
+    let (status, _) = Req::new("GET", "/dicom-web/studies?PatientName=Doe*", &admin)
+        .peer(peer)
+        .send(&app)
+        .await;
     expect.push(("qido", status));
     let (status, _) = Req::new("GET", format!("/dicom-web/studies/{S1}"), &admin)
         .accept("multipart/related; type=\"application/dicom\"")
@@ -680,7 +874,10 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
         .send(&app)
         .await;
     expect.push(("wado", status));
-    let (status, _) = Req::new("GET", format!("/dicom-web/studies/{S1}/metadata"), &admin).peer(peer).send(&app).await;
+    let (status, _) = Req::new("GET", format!("/dicom-web/studies/{S1}/metadata"), &admin)
+        .peer(peer)
+        .send(&app)
+        .await;
     expect.push(("metadata", status));
     let (status, _) = Req::new(
         "GET",
@@ -692,11 +889,15 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
     .send(&app)
     .await;
     expect.push(("frames", status));
-    let (status, _) = Req::new("POST", format!("/api/hospitals/default/studies/{S1}/shares"), &admin)
-        .json(json!({"hospitalId": b}))
-        .peer(peer)
-        .send(&app)
-        .await;
+    let (status, _) = Req::new(
+        "POST",
+        format!("/api/hospitals/default/studies/{S1}/shares"),
+        &admin,
+    )
+    .json(json!({"hospitalId": b}))
+    .peer(peer)
+    .send(&app)
+    .await;
     expect.push(("share.create", status));
     let (status, _) = Req::new("POST", "/api/hospitals/default/api-keys", &admin)
         .json(json!({"role": "reader"}))
@@ -722,18 +923,25 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
         .send(&app)
         .await;
     expect.push(("login", status));
-    let (status, _) = Req::new("DELETE", format!("/dicom-web/studies/{S1}"), &admin).peer(peer).send(&app).await;
+    let (status, _) = Req::new("DELETE", format!("/dicom-web/studies/{S1}"), &admin)
+        .peer(peer)
+        .send(&app)
+        .await;
     expect.push(("delete", status));
     for (action, status) in &expect {
         assert!(status.is_success(), "{action}: {status}");
     }
     // Hospital B's own actions, and an anonymous attempt.
     stow(&app, &b_key, &[inst(S2, 1)]).await;
-    Req::new("GET", "/dicom-web/studies", &b_key).send(&app).await;
+    Req::new("GET", "/dicom-web/studies", &b_key)
+        .send(&app)
+        .await;
     Req::anonymous("GET", "/dicom-web/studies").send(&app).await;
 
     // The superadmin sees everything.
-    let (status, all) = Req::new("GET", "/api/audit?limit=1000", &sa).send(&app).await;
+    let (status, all) = Req::new("GET", "/api/audit?limit=1000", &sa)
+        .send(&app)
+        .await;
     assert_eq!(status, StatusCode::OK, "{all}");
     let items = all["items"].as_array().unwrap();
     for (action, status) in &expect {
@@ -752,8 +960,17 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
             assert_eq!(row["actor"]["id"], key_id.as_str(), "{action}");
         }
     }
-    let row = |action: &str| items.iter().find(|i| i["action"] == action && i["hospitalId"] == "default").unwrap();
-    assert_eq!(row("stow")["studyInstanceUID"], S1, "STOW records the stored study");
+    let row = |action: &str| {
+        items
+            .iter()
+            .find(|i| i["action"] == action && i["hospitalId"] == "default")
+            .unwrap()
+    };
+    assert_eq!(
+        row("stow")["studyInstanceUID"],
+        S1,
+        "STOW records the stored study"
+    );
     assert_eq!(row("frames")["seriesInstanceUID"], series.as_str());
     assert_eq!(row("frames")["sopInstanceUID"], sop.as_str());
     assert_eq!(row("delete")["method"], "DELETE");
@@ -762,7 +979,10 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
         .iter()
         .find(|i| i["actor"]["type"] == "anonymous")
         .expect("the refused request is recorded");
-    assert_eq!((anonymous["status"].as_u64(), &anonymous["hospitalId"]), (Some(401), &Value::Null));
+    assert_eq!(
+        (anonymous["status"].as_u64(), &anonymous["hospitalId"]),
+        (Some(401), &Value::Null)
+    );
     // Neither patient data (names, query values) nor secrets.
     let text = all.to_string();
     assert!(!text.contains("Doe"), "{text}");
@@ -770,45 +990,95 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
     assert!(!text.contains("long enough password"));
 
     // A hospital's admins see their hospital only.
-    let (status, mine) = Req::new("GET", "/api/audit?limit=1000", &b_key).send(&app).await;
+    let (status, mine) = Req::new("GET", "/api/audit?limit=1000", &b_key)
+        .send(&app)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let mine = mine["items"].as_array().unwrap();
-    assert!(mine.iter().any(|i| i["action"] == "stow" && i["studyInstanceUID"] == S2));
-    assert!(mine.iter().all(|i| i["hospitalId"] == b.as_str()), "{mine:?}");
+    assert!(
+        mine.iter()
+            .any(|i| i["action"] == "stow" && i["studyInstanceUID"] == S2)
+    );
+    assert!(
+        mine.iter().all(|i| i["hospitalId"] == b.as_str()),
+        "{mine:?}"
+    );
     assert!(!Value::Array(mine.clone()).to_string().contains(S1));
     assert_eq!(
-        Req::new("GET", "/api/audit?hospitalId=default", &b_key).send(&app).await.0,
+        Req::new("GET", "/api/audit?hospitalId=default", &b_key)
+            .send(&app)
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        Req::new("GET", format!("/api/audit?hospitalId={b}"), &b_key).send(&app).await.0,
+        Req::new("GET", format!("/api/audit?hospitalId={b}"), &b_key)
+            .send(&app)
+            .await
+            .0,
         StatusCode::OK
     );
     let reader = app.key_for("default", Role::Reader).await;
-    assert_eq!(Req::new("GET", "/api/audit", &reader).send(&app).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        Req::new("GET", "/api/audit", &reader).send(&app).await.0,
+        StatusCode::FORBIDDEN
+    );
 
     // Filters and stable paging.
-    let (_, stows) = Req::new("GET", "/api/audit?action=stow", &sa).send(&app).await;
-    assert!(stows["items"].as_array().unwrap().iter().all(|i| i["action"] == "stow"));
+    let (_, stows) = Req::new("GET", "/api/audit?action=stow", &sa)
+        .send(&app)
+        .await;
+    assert!(
+        stows["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["action"] == "stow")
+    );
     assert_eq!(stows["items"].as_array().unwrap().len(), 2);
     // (B's rows: nothing is added to them meanwhile; the superadmin's
     // reads of the trail are its own hospital's.)
-    let (_, p1) = Req::new("GET", format!("/api/audit?hospitalId={b}&limit=2"), &sa).send(&app).await;
-    let (_, p2) = Req::new("GET", format!("/api/audit?hospitalId={b}&limit=2&offset=2"), &sa).send(&app).await;
-    let ids = |v: &Value| v["items"].as_array().unwrap().iter().map(|i| i["id"].as_i64().unwrap()).collect::<Vec<_>>();
+    let (_, p1) = Req::new("GET", format!("/api/audit?hospitalId={b}&limit=2"), &sa)
+        .send(&app)
+        .await;
+    let (_, p2) = Req::new(
+        "GET",
+        format!("/api/audit?hospitalId={b}&limit=2&offset=2"),
+        &sa,
+    )
+    .send(&app)
+    .await;
+    let ids = |v: &Value| {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
     let (a, b2) = (ids(&p1), ids(&p2));
     assert_eq!((a.len(), b2.len()), (2, 2));
     assert!(a[0] > a[1] && a[1] > b2[0] && b2[0] > b2[1], "{a:?} {b2:?}");
-    let (_, none) = Req::new("GET", "/api/audit?since=2999-01-01T00:00:00Z", &sa).send(&app).await;
+    let (_, none) = Req::new("GET", "/api/audit?since=2999-01-01T00:00:00Z", &sa)
+        .send(&app)
+        .await;
     assert_eq!(none["items"], json!([]));
-    let (_, until) = Req::new("GET", "/api/audit?until=2000-01-01T00:00:00Z", &sa).send(&app).await;
+    let (_, until) = Req::new("GET", "/api/audit?until=2000-01-01T00:00:00Z", &sa)
+        .send(&app)
+        .await;
     assert_eq!(until["items"], json!([]));
     assert_eq!(
-        Req::new("GET", "/api/audit?since=yesterday", &sa).send(&app).await.0,
+        Req::new("GET", "/api/audit?since=yesterday", &sa)
+            .send(&app)
+            .await
+            .0,
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        Req::new("GET", "/api/audit?limit=-1", &sa).send(&app).await.0,
+        Req::new("GET", "/api/audit?limit=-1", &sa)
+            .send(&app)
+            .await
+            .0,
         StatusCode::BAD_REQUEST
     );
 }

@@ -165,8 +165,8 @@ pub(super) async fn second_factor(
         return Ok(());
     };
     let code = code.ok_or(ApiError::MfaCodeRequired)?;
-    let step = totp::verify(secret, code, chrono::Utc::now().timestamp())
-        .ok_or(ApiError::Unauthorized)?;
+    let step =
+        totp::verify(secret, code, chrono::Utc::now().timestamp()).ok_or(ApiError::Unauthorized)?;
     if !app.archive.db.use_totp_step(user.id, step).await? {
         // This code was used already.
         return Err(ApiError::Unauthorized);
@@ -178,10 +178,9 @@ pub(super) async fn second_factor(
 /// once confirmed by `POST /api/auth/mfa/verify`.
 pub(super) async fn enroll_totp(
     State(app): State<AppState>,
-    MfaUser { user_id }: MfaUser,
+    MfaUser { user }: MfaUser,
 ) -> Result<Response, ApiError> {
     let db = &app.archive.db;
-    let user = db.user_by_id(user_id).await?.ok_or(ApiError::Unauthorized)?;
     let hospital = db.hospital_by_pk(user.hospital_id).await?;
     let secret = totp::generate_secret();
     db.set_totp_pending(user.id, &secret).await?;
@@ -205,16 +204,17 @@ pub(super) struct VerifyRequest {
 /// its current code; from then on a login needs a code.
 pub(super) async fn verify_totp(
     State(app): State<AppState>,
-    MfaUser { user_id }: MfaUser,
+    MfaUser { user }: MfaUser,
     Json(req): Json<VerifyRequest>,
 ) -> Result<Response, ApiError> {
     let db = &app.archive.db;
-    let user = db.user_by_id(user_id).await?.ok_or(ApiError::Unauthorized)?;
     let pending = user.totp_pending.ok_or_else(|| {
         ApiError::BadRequest("no enrollment in progress: POST /api/auth/mfa/enroll first".into())
     })?;
-    let step = totp::verify(&pending, &req.code, chrono::Utc::now().timestamp())
-        .ok_or_else(|| ApiError::BadRequest("the code does not match the enrolled secret".into()))?;
+    let step =
+        totp::verify(&pending, &req.code, chrono::Utc::now().timestamp()).ok_or_else(|| {
+            ApiError::BadRequest("the code does not match the enrolled secret".into())
+        })?;
     if !db.activate_totp(user.id, &pending, step).await? {
         return Err(ApiError::Conflict(
             "the enrollment changed meanwhile: enroll again".into(),

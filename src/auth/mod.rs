@@ -249,6 +249,21 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
+/// A parameter of the matched route's path.
+async fn path_param(
+    parts: &mut Parts,
+    state: &AppState,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| ApiError::BadRequest("malformed path".into()))?;
+    Ok(params
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned()))
+}
+
 /// The index scoped to the hospital this request acts on, after every
 /// check. Another hospital's data is unreachable through it.
 pub struct Tenant(pub HospitalDb);
@@ -261,14 +276,7 @@ impl FromRequestParts<AppState> for Tenant {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let principal = Principal::authenticate(state, parts).await?;
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::BadRequest("malformed path".into()))?;
-        let target = params
-            .iter()
-            .find(|(k, _)| *k == "hospital_id")
-            .map(|(_, v)| v.to_owned());
-        let hospital = match target {
+        let hospital = match path_param(parts, state, "hospital_id").await? {
             None => principal.home.clone(),
             Some(id) if id == principal.home.id => principal.home.clone(),
             // Not allowed and not existing look the same.
@@ -366,13 +374,8 @@ impl FromRequestParts<AppState> for HospitalAdmin {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let principal = Principal::authenticate(state, parts).await?;
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::BadRequest("malformed path".into()))?;
-        let id = params
-            .iter()
-            .find(|(k, _)| *k == "id")
-            .map(|(_, v)| v.to_owned())
+        let id = path_param(parts, state, "id")
+            .await?
             .ok_or_else(|| ApiError::internal("HospitalAdmin on a route without {id}"))?;
         require_admin(&principal, &id)?;
         if !principal.is_superadmin() && id != principal.home.id {
@@ -409,7 +412,7 @@ pub fn require_admin(p: &Principal, hospital_id: &str) -> Result<(), ApiError> {
 /// short-lived enrollment token a login hands out when the hospital
 /// requires MFA and the user has none yet (it is good for nothing else).
 pub struct MfaUser {
-    pub user_id: i64,
+    pub user: entity::user::Model,
 }
 
 impl FromRequestParts<AppState> for MfaUser {
@@ -440,14 +443,20 @@ impl FromRequestParts<AppState> for MfaUser {
             let origin = Origin::from_request_parts(parts, state).await?;
             origin.note_user(&user, &home);
             check_ip(&home, origin.ip)?;
-            return Ok(MfaUser { user_id });
+            return Ok(MfaUser { user });
         }
         let p = Principal::authenticate(state, parts).await?;
-        match p.subject {
-            Subject::User(user_id) => Ok(MfaUser { user_id }),
-            _ => Err(ApiError::Forbidden(
+        let Subject::User(user_id) = p.subject else {
+            return Err(ApiError::Forbidden(
                 "TOTP enrollment is for users who log in with a password".into(),
-            )),
-        }
+            ));
+        };
+        let user = state
+            .archive
+            .db
+            .user_by_id(user_id)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(MfaUser { user })
     }
 }

@@ -45,7 +45,12 @@ pub fn hotp(key: &[u8], counter: u64, digits: u32) -> u32 {
     mac.update(&counter.to_be_bytes());
     let h = mac.finalize().into_bytes();
     let offset = usize::from(h[h.len() - 1] & 0x0f);
-    let bin = u32::from_be_bytes([h[offset] & 0x7f, h[offset + 1], h[offset + 2], h[offset + 3]]);
+    let bin = u32::from_be_bytes([
+        h[offset] & 0x7f,
+        h[offset + 1],
+        h[offset + 2],
+        h[offset + 3],
+    ]);
     bin % 10u32.pow(digits)
 }
 
@@ -67,9 +72,8 @@ pub fn verify(secret: &str, code: &str, unix_secs: i64) -> Option<i64> {
     let want: u32 = code.parse().ok()?;
     let key = base32_decode(secret)?;
     let now = step_of(unix_secs);
-    (now - WINDOW..=now + WINDOW).find(|&step| {
-        u64::try_from(step).is_ok_and(|c| hotp(&key, c, DIGITS) == want)
-    })
+    (now - WINDOW..=now + WINDOW)
+        .find(|&step| u64::try_from(step).is_ok_and(|c| hotp(&key, c, DIGITS) == want))
 }
 
 pub fn base32_encode(bytes: &[u8]) -> String {
@@ -94,9 +98,7 @@ pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 5 / 8);
     let (mut buffer, mut bits) = (0u32, 0u32);
     for c in text.bytes().filter(|c| !matches!(c, b' ' | b'=' | b'-')) {
-        let v = ALPHABET
-            .iter()
-            .position(|&a| a == c.to_ascii_uppercase())? as u32;
+        let v = ALPHABET.iter().position(|&a| a == c.to_ascii_uppercase())? as u32;
         buffer = (buffer << 5) | v;
         bits += 5;
         if bits >= 8 {
@@ -132,7 +134,10 @@ mod tests {
                 code_at(&secret, time).unwrap(),
                 format!("{:06}", code % 1_000_000)
             );
-            assert_eq!(verify(&secret, &format!("{:06}", code % 1_000_000), time), Some(step_of(time)));
+            assert_eq!(
+                verify(&secret, &format!("{:06}", code % 1_000_000), time),
+                Some(step_of(time))
+            );
         }
     }
 

@@ -269,14 +269,6 @@ impl Db {
         })
     }
 
-    pub async fn count_users(&self, hospital_pk: i64) -> Result<u64, DbError> {
-        use sea_orm::PaginatorTrait;
-        Ok(user::Entity::find()
-            .filter(user::Column::HospitalId.eq(hospital_pk))
-            .count(&self.conn)
-            .await?)
-    }
-
     /// Users named `username` (one per hospital at most).
     pub async fn users_named(&self, username: &str) -> Result<Vec<user::Model>, DbError> {
         Ok(user::Entity::find()

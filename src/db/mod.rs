@@ -24,8 +24,8 @@ mod search;
 
 pub use search::{InstanceHit, Search, SeriesHit};
 
-pub use audit::AuditQuery;
 pub use admin::{HospitalPatch, NewHospital, NewUser, Usage, is_conflict};
+pub use audit::AuditQuery;
 pub use instances::{IndexConflict, Indexed, NewInstance};
 pub use retrieve::{InstanceBlobRow, InstanceFilter, InstanceMetadataRow, SeriesRef, StudyRef};
 

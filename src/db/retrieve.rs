@@ -271,11 +271,13 @@ impl HospitalDb {
             return Err(DbError::NotFound);
         }
         for chunk in victims.chunks(500) {
-            let journal = chunk.iter().map(|(_, _, key, _)| pending_blob::ActiveModel {
-                blob_key: Set(key.clone()),
-                created_at: Set(now),
-                ..Default::default()
-            });
+            let journal = chunk
+                .iter()
+                .map(|(_, _, key, _)| pending_blob::ActiveModel {
+                    blob_key: Set(key.clone()),
+                    created_at: Set(now),
+                    ..Default::default()
+                });
             pending_blob::Entity::insert_many(journal)
                 .on_conflict(
                     OnConflict::column(pending_blob::Column::BlobKey)
