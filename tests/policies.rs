@@ -334,6 +334,45 @@ async fn two_concurrent_stows_cannot_overshoot_the_quota() {
     assert_eq!(app.blob_files().len(), 3, "refused blobs are removed");
 }
 
+/// The quota is the index transaction's: even when the early check is
+/// passed (a race), the conditional update refuses what does not fit, and
+/// exactly what fits passes.
+#[tokio::test]
+async fn the_index_transaction_enforces_the_quota_itself() {
+    use cloudpacs::db::{IndexConflict, Indexed, NewInstance};
+    let app = TestApp::new().await;
+    let sa = app.key_for("default", Role::Superadmin).await;
+    let (h, key) = hospital(&app, &sa).await;
+    patch(&app, &sa, &h, json!({"maxStorage": 1000})).await;
+    let db = &app.state.archive.db;
+    let scope = cloudpacs::auth::system_scope(db, db.find_hospital(&h).await.unwrap());
+    let index = |n: u32, size: i64| {
+        let scope = scope.clone();
+        let dir = app.dir.path().to_owned();
+        async move {
+            let path = dir.join(format!("synth-{n}.dcm"));
+            std::fs::write(&path, inst(S1, n)).unwrap();
+            let inspected = cloudpacs::dicom::inspect_file(&path).unwrap();
+            let new = NewInstance {
+                inspected: &inspected,
+                blob_key: format!("test/{n}"),
+                size_bytes: size,
+                sha256: format!("{n:064}"),
+            };
+            scope
+                .index_instance(&new, DuplicatePolicy::Reject)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(index(1, 600).await, Ok(Indexed::Stored));
+    assert_eq!(index(2, 401).await, Err(IndexConflict::QuotaExceeded), "one byte over");
+    assert_eq!(index(2, 400).await, Ok(Indexed::Stored), "exactly at the limit");
+    assert_eq!(index(3, 1).await, Err(IndexConflict::QuotaExceeded));
+    assert_eq!(usage(&app, &key, &h).await["bytes"], 1000);
+    assert_eq!(usage(&app, &key, &h).await["instances"], 2);
+}
+
 #[tokio::test]
 async fn max_users_is_enforced_with_a_clear_409() {
     let app = TestApp::new().await;
