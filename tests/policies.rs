@@ -366,8 +366,16 @@ async fn the_index_transaction_enforces_the_quota_itself() {
         }
     };
     assert_eq!(index(1, 600).await, Ok(Indexed::Stored));
-    assert_eq!(index(2, 401).await, Err(IndexConflict::QuotaExceeded), "one byte over");
-    assert_eq!(index(2, 400).await, Ok(Indexed::Stored), "exactly at the limit");
+    assert_eq!(
+        index(2, 401).await,
+        Err(IndexConflict::QuotaExceeded),
+        "one byte over"
+    );
+    assert_eq!(
+        index(2, 400).await,
+        Ok(Indexed::Stored),
+        "exactly at the limit"
+    );
     assert_eq!(index(3, 1).await, Err(IndexConflict::QuotaExceeded));
     assert_eq!(usage(&app, &key, &h).await["bytes"], 1000);
     assert_eq!(usage(&app, &key, &h).await["instances"], 2);
@@ -1120,4 +1128,60 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
             .0,
         StatusCode::BAD_REQUEST
     );
+}
+
+/// The real binary: the client address comes from the socket, and the
+/// audit rows of the requests served are written before a clean exit.
+#[tokio::test]
+async fn the_server_audits_socket_addresses_and_flushes_on_shutdown() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database().await;
+    let key = cli_key(dir.path(), db.as_deref(), "default", "admin");
+    let addr = free_addr();
+    let mut server = start_server_with(
+        dir.path(),
+        db.as_deref(),
+        addr,
+        &["--retention-interval-secs", "1"],
+        &[("CLOUDPACS_TRUSTED_PROXIES", "10.0.0.0/8")],
+    );
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET /dicom-web/studies HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Authorization: Bearer {key}\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(server.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(server.wait().unwrap().success());
+
+    let url =
+        db.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("index.sqlite").display()));
+    let conn = sea_orm::Database::connect(url).await.unwrap();
+    let rows = sea_orm::ConnectionTrait::query_all_raw(
+        &conn,
+        sea_orm::Statement::from_string(
+            sea_orm::ConnectionTrait::get_database_backend(&conn),
+            "SELECT client_ip, hospital_id FROM audit_log WHERE action = 'qido'",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        // 127.0.0.1 is not a trusted proxy: its X-Forwarded-For is ignored.
+        assert_eq!(row.try_get::<String>("", "client_ip").unwrap(), "127.0.0.1");
+        assert_eq!(row.try_get::<String>("", "hospital_id").unwrap(), "default");
+    }
 }
