@@ -946,12 +946,56 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
     .send(&app)
     .await;
     expect.push(("share.create", status));
-    let (status, _) = Req::new("POST", "/api/hospitals/default/api-keys", &admin)
+    let (status, created) = Req::new("POST", "/api/hospitals/default/api-keys", &admin)
         .json(json!({"role": "reader"}))
         .peer(peer)
         .send(&app)
         .await;
     expect.push(("key.create", status));
+    let new_key = created["keyId"].as_str().unwrap();
+    let (status, _) = Req::new(
+        "DELETE",
+        format!("/api/hospitals/default/api-keys/{new_key}"),
+        &admin,
+    )
+    .peer(peer)
+    .send(&app)
+    .await;
+    expect.push(("key.revoke", status));
+    let (status, _) = Req::new(
+        "GET",
+        format!("/dicom-web/studies/{S1}/series/{series}/instances/{sop}/bulkdata/7FE00010"),
+        &admin,
+    )
+    .accept("multipart/related; type=\"application/octet-stream\"")
+    .peer(peer)
+    .send(&app)
+    .await;
+    expect.push(("bulkdata", status));
+    let (status, _) = Req::new(
+        "DELETE",
+        format!("/api/hospitals/default/studies/{S1}/shares/{b}"),
+        &admin,
+    )
+    .peer(peer)
+    .send(&app)
+    .await;
+    expect.push(("share.delete", status));
+    let (status, _) = Req::new("GET", "/api/hospitals/default", &admin)
+        .peer(peer)
+        .send(&app)
+        .await;
+    expect.push(("hospital.read", status));
+    let (status, _) = Req::new("GET", "/api/hospitals/default/usage", &admin)
+        .peer(peer)
+        .send(&app)
+        .await;
+    expect.push(("usage.read", status));
+    let (status, _) = Req::new("GET", "/api/audit", &admin)
+        .peer(peer)
+        .send(&app)
+        .await;
+    expect.push(("audit.read", status));
     let (status, _) = Req::new("PATCH", "/api/hospitals/default", &admin)
         .json(json!({"settings": {"dataRetentionDays": 0}}))
         .peer(peer)
@@ -964,12 +1008,18 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
         .send(&app)
         .await;
     expect.push(("user.create", status));
-    let (status, _) = Req::anonymous("POST", "/api/auth/login")
+    let (status, login) = Req::anonymous("POST", "/api/auth/login")
         .json(json!({"username": "auditor", "password": "long enough password"}))
         .peer(peer)
         .send(&app)
         .await;
     expect.push(("login", status));
+    let token = login["token"].as_str().unwrap();
+    let (status, _) = Req::new("POST", "/api/auth/mfa/enroll", token)
+        .peer(peer)
+        .send(&app)
+        .await;
+    expect.push(("mfa.enroll", status));
     let (status, _) = Req::new("DELETE", format!("/dicom-web/studies/{S1}"), &admin)
         .peer(peer)
         .send(&app)
@@ -978,6 +1028,8 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
     for (action, status) in &expect {
         assert!(status.is_success(), "{action}: {status}");
     }
+    // The superadmin's registration of a hospital is its own hospital's.
+    hospital(&app, &sa).await;
     // Hospital B's own actions, and an anonymous attempt.
     stow(&app, &b_key, &[inst(S2, 1)]).await;
     Req::new("GET", "/dicom-web/studies", &b_key)
@@ -999,7 +1051,7 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
         assert_eq!(row["status"], status.as_u16(), "{action}");
         assert_eq!(row["clientIp"], "198.51.100.4", "{action}");
         assert!(row["time"].as_str().unwrap().ends_with('Z'));
-        if *action == "login" {
+        if action.starts_with("login") || action.starts_with("mfa") {
             assert_eq!(row["actor"]["type"], "user");
             assert_eq!(row["actor"]["name"], "auditor");
         } else {
@@ -1007,6 +1059,12 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
             assert_eq!(row["actor"]["id"], key_id.as_str(), "{action}");
         }
     }
+    let created = items
+        .iter()
+        .find(|i| i["action"] == "hospital.create")
+        .unwrap();
+    assert_eq!(created["hospitalId"], "default");
+    assert_eq!(created["status"], 201);
     let row = |action: &str| {
         items
             .iter()
