@@ -197,6 +197,29 @@ impl AuditLog {
     }
 }
 
+/// Record an administrative action of the command line (`cloudpacs key
+/// create` …): written at once, there is no writer task. The actor is
+/// `system` / `cli`; the status is 200 (failed commands change nothing).
+pub async fn record_cli(db: &Db, hospital: &str, action: &str) {
+    let entry = Entry {
+        at: now_millis(),
+        hospital: Some(hospital.to_owned()),
+        actor: Actor {
+            kind: "system",
+            id: Some("cli".into()),
+            name: None,
+        },
+        action: action.to_owned(),
+        method: "CLI".into(),
+        study: None,
+        series: None,
+        instance: None,
+        status: 200,
+        client_ip: None,
+    };
+    write(db, vec![entry.into_row()]).await;
+}
+
 /// Insert a batch, retrying a few times when the index does not answer.
 async fn write(db: &Db, rows: Vec<audit_log::ActiveModel>) {
     let n = rows.len();

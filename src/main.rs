@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use cloudpacs::admin;
 use cloudpacs::auth::Role;
 use cloudpacs::config::{DbArgs, LogFormat, ServeConfig};
 use cloudpacs::db::{Db, HospitalPatch};
 use cloudpacs::{AppState, app};
+use cloudpacs::{admin, audit};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -197,6 +197,7 @@ async fn hospital(db: DbArgs, action: HospitalCmd) -> Result<(), String> {
                 plan: Some(plan),
             };
             let (h, key) = admin::create_hospital(&db, req).await.map_err(api)?;
+            audit::record_cli(&db, &h.hospital_id, "hospital.create").await;
             if json {
                 println!(
                     "{}",
@@ -244,6 +245,7 @@ async fn set_status(db: &Db, id: &str, status: &str) -> Result<(), String> {
     db.update_hospital(id, patch)
         .await
         .map_err(|e| format!("{id}: {e}"))?;
+    audit::record_cli(db, id, "hospital.update").await;
     println!("hospital {id} is {status}");
     Ok(())
 }
@@ -261,6 +263,7 @@ async fn key(db: DbArgs, action: KeyCmd) -> Result<(), String> {
             let (key_id, key) = admin::create_key(&db, &hospital, role, &name)
                 .await
                 .map_err(api)?;
+            audit::record_cli(&db, &hospital, "key.create").await;
             if json {
                 println!("{}", serde_json::json!({"keyId": key_id, "apiKey": key}));
             } else {
@@ -278,6 +281,7 @@ async fn key(db: DbArgs, action: KeyCmd) -> Result<(), String> {
             db.revoke_key(h.pk, &key_id)
                 .await
                 .map_err(|e| format!("{key_id}: {e}"))?;
+            audit::record_cli(&db, &hospital, "key.revoke").await;
             println!("key {key_id} revoked");
         }
     }
@@ -304,6 +308,7 @@ async fn user(db: DbArgs, action: UserCmd) -> Result<(), String> {
         superadmin,
     };
     let id = admin::create_user(&db, &hospital, req).await.map_err(api)?;
+    audit::record_cli(&db, &hospital, "user.create").await;
     println!("user {username} created (id {id})");
     Ok(())
 }

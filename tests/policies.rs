@@ -1237,6 +1237,17 @@ async fn the_server_audits_socket_addresses_and_flushes_on_shutdown() {
     .await
     .unwrap();
     assert_eq!(rows.len(), 3);
+    // The command line's key creation is in the trail too.
+    let cli = sea_orm::ConnectionTrait::query_all_raw(
+        &conn,
+        sea_orm::Statement::from_string(
+            sea_orm::ConnectionTrait::get_database_backend(&conn),
+            "SELECT hospital_id FROM audit_log WHERE action = 'key.create' AND actor_kind = 'system' AND actor_id = 'cli'",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cli.len(), 1);
     for row in rows {
         // 127.0.0.1 is not a trusted proxy: its X-Forwarded-For is ignored.
         assert_eq!(row.try_get::<String>("", "client_ip").unwrap(), "127.0.0.1");
