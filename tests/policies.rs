@@ -785,8 +785,16 @@ async fn mfa_enrollment_and_login_with_totp() {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     // Without the policy, a password is enough.
-    assert_eq!(login(&app, &h, None).await.0, StatusCode::OK);
+    let (status, body) = login(&app, &h, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let old_token = body["token"].as_str().unwrap().to_owned();
     patch(&app, &key, &h, json!({"settings": {"requireMFA": true}})).await;
+    // Tokens from before the policy no longer do.
+    let (status, body) = Req::new("GET", "/dicom-web/studies", &old_token)
+        .send(&app)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("MFA"));
 
     // Not enrolled: a clear error, and a token that only enrolls.
     let (status, body) = login(&app, &h, None).await;

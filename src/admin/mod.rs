@@ -282,12 +282,14 @@ async fn login(
         )));
     }
     check_ip(&hospital, origin.ip)?;
-    policy::second_factor(&app, &user, &hospital, req.totp.as_deref()).await?;
+    let mfa = policy::second_factor(&app, &user, &hospital, req.totp.as_deref()).await?;
     db.touch_login(user.id).await.map_err(db_error)?;
-    let (token, exp) = app
-        .jwt
-        .issue(user.id, &hospital.id)
-        .map_err(ApiError::internal)?;
+    let issued = if mfa {
+        app.jwt.issue_mfa(user.id, &hospital.id)
+    } else {
+        app.jwt.issue(user.id, &hospital.id)
+    };
+    let (token, exp) = issued.map_err(ApiError::internal)?;
     let expires = chrono::DateTime::from_timestamp(exp, 0).map(|t| t.to_rfc3339());
     Ok(
         Json(json!({"token": token, "expiresAt": expires, "hospitalId": hospital.id}))

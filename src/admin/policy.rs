@@ -144,13 +144,14 @@ pub(super) async fn audit_trail(
 
 /// The second factor of a login: a user with TOTP enrolled must send a
 /// fresh valid code; a user of a hospital requiring MFA without one gets an
-/// enrollment-only token instead of a login token.
+/// enrollment-only token instead of a login token. Returns whether a code
+/// was checked.
 pub(super) async fn second_factor(
     app: &AppState,
     user: &user::Model,
     hospital: &Hospital,
     code: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let Some(secret) = &user.totp_secret else {
         if hospital.policy.require_mfa {
             let token = app
@@ -162,7 +163,7 @@ pub(super) async fn second_factor(
                 token,
             });
         }
-        return Ok(());
+        return Ok(false);
     };
     let code = code.ok_or(ApiError::MfaCodeRequired)?;
     let step =
@@ -171,7 +172,7 @@ pub(super) async fn second_factor(
         // This code was used already.
         return Err(ApiError::Unauthorized);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// `POST /api/auth/mfa/enroll`: a new TOTP secret for the caller, active

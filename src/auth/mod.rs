@@ -188,7 +188,8 @@ impl Principal {
 
     async fn from_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
         let db = &state.archive.db;
-        if let Ok(user_id) = state.jwt.verify_local(token) {
+        if let Ok(claims) = state.jwt.verify_local_claims(token) {
+            let user_id: i64 = claims.sub.parse().map_err(|_| unauthorized())?;
             let user = db
                 .user_by_id(user_id)
                 .await
@@ -198,6 +199,13 @@ impl Principal {
                 .hospital_by_pk(user.hospital_id)
                 .await
                 .map_err(|_| unauthorized())?;
+            // A token from before the hospital required MFA.
+            if home.policy.require_mfa && !claims.mfa {
+                return Err(ApiError::Forbidden(format!(
+                    "hospital {} requires MFA: log in again (POST /api/auth/login) with a TOTP code",
+                    home.id
+                )));
+            }
             let role = if user.is_superadmin {
                 Role::Superadmin
             } else {
