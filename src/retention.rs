@@ -11,8 +11,8 @@
 //! the study's rows itself: should two sweepers still meet (an expired
 //! lease), the second finds nothing and moves on.
 //!
-//! The clock is a parameter (`now`, Unix milliseconds): `serve` passes the
-//! real time, tests a fake one.
+//! The clock is a parameter (a function returning Unix milliseconds, read
+//! for each batch): `serve` passes the real time, tests a fake one.
 
 use std::time::Duration;
 
@@ -26,13 +26,22 @@ const LEASE: &str = "retention";
 const LEASE_MS: i64 = 5 * 60 * 1000;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
+/// The time, in Unix milliseconds.
+pub type Clock = dyn Fn() -> i64 + Sync;
+
 /// Run a sweep as `holder` (a name unique to this process): delete every
 /// study past its hospital's retention, `batch` at a time. Returns the
 /// number of studies deleted; 0 too when another replica holds the lease.
-pub async fn sweep(app: &AppState, holder: &str, batch: u64, now: i64) -> Result<usize, DbError> {
+pub async fn sweep(
+    app: &AppState,
+    holder: &str,
+    batch: u64,
+    clock: &Clock,
+) -> Result<usize, DbError> {
     let db = &app.archive.db;
     let mut deleted = 0;
     loop {
+        let now = clock();
         if !db.claim_lease(LEASE, holder, now, LEASE_MS).await? {
             return Ok(deleted);
         }
@@ -120,7 +129,7 @@ pub async fn run(
             _ = tick.tick() => {}
             () = stop.notified() => return,
         }
-        match sweep(&app, &holder, batch, crate::db::now_millis()).await {
+        match sweep(&app, &holder, batch, &crate::db::now_millis).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(studies = n, "retention deleted studies"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),

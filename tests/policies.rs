@@ -665,7 +665,7 @@ async fn retention_deletes_old_studies_through_the_delete_path_with_a_fake_clock
 
     // Not old enough yet.
     assert_eq!(
-        sweep(state, "replica-a", 1, now + 29 * DAY_MS)
+        sweep(state, "replica-a", 1, &move || now + 29 * DAY_MS)
             .await
             .unwrap(),
         0
@@ -682,12 +682,17 @@ async fn retention_deletes_old_studies_through_the_delete_path_with_a_fake_clock
             .await
             .unwrap()
     );
-    assert_eq!(sweep(state, "replica-a", 1, t).await.unwrap(), 0);
+    assert_eq!(sweep(state, "replica-a", 1, &move || t).await.unwrap(), 0);
     assert_eq!(app.instance_count().await, 4);
 
     // That replica died; once its lease expired this one takes over, and
     // deletes in batches of one until done.
-    assert_eq!(sweep(state, "replica-a", 1, t + 61_000).await.unwrap(), 2);
+    assert_eq!(
+        sweep(state, "replica-a", 1, &move || t + 61_000)
+            .await
+            .unwrap(),
+        2
+    );
     let u = usage(&app, &key, &h).await;
     assert_eq!(
         (u["studies"].as_i64(), u["bytes"].as_i64()),
@@ -708,7 +713,12 @@ async fn retention_deletes_old_studies_through_the_delete_path_with_a_fake_clock
         0
     );
     // The lease was released: the next run (any replica) can work.
-    assert_eq!(sweep(state, "replica-b", 1, t + 62_000).await.unwrap(), 0);
+    assert_eq!(
+        sweep(state, "replica-b", 1, &move || t + 62_000)
+            .await
+            .unwrap(),
+        0
+    );
 
     // Audited as deletes by the system, in the hospital's trail.
     let (_, trail) = Req::new("GET", "/api/audit?action=delete", &key)
@@ -743,9 +753,10 @@ async fn concurrent_sweepers_delete_each_study_once() {
         stow(&app, &key, &[inst(s, 1)]).await;
     }
     let t = now_millis() + 2 * DAY_MS;
+    let clock = move || t;
     let (a, b) = tokio::join!(
-        sweep(&app.state, "replica-a", 1, t),
-        sweep(&app.state, "replica-b", 1, t)
+        sweep(&app.state, "replica-a", 1, &clock),
+        sweep(&app.state, "replica-b", 1, &clock)
     );
     assert_eq!(a.unwrap() + b.unwrap(), 3);
     assert_eq!(app.instance_count().await, 0);
