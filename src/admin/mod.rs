@@ -320,8 +320,7 @@ async fn list_hospitals(State(app): State<AppState>, p: Principal) -> Result<Res
 async fn show_hospital(
     State(app): State<AppState>,
     HospitalAdmin {
-        principal: _,
-        hospital_id: id,
+        hospital_id: id, ..
     }: HospitalAdmin,
 ) -> Result<Response, ApiError> {
     let h = app.archive.db.hospital_model(&id).await.map_err(db_error)?;
@@ -444,8 +443,7 @@ async fn create_key_route(
 async fn revoke_key(
     State(app): State<AppState>,
     HospitalAdmin {
-        principal: _,
-        hospital_id: id,
+        hospital_id: id, ..
     }: HospitalAdmin,
     Path((_, key_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -487,8 +485,7 @@ struct ShareRequest {
 async fn share_study(
     State(app): State<AppState>,
     HospitalAdmin {
-        principal: _,
-        hospital_id: id,
+        hospital_id: id, ..
     }: HospitalAdmin,
     Path((_, study)): Path<(String, String)>,
     Json(req): Json<ShareRequest>,
@@ -529,8 +526,7 @@ async fn share_study(
 async fn unshare_study(
     State(app): State<AppState>,
     HospitalAdmin {
-        principal: _,
-        hospital_id: id,
+        hospital_id: id, ..
     }: HospitalAdmin,
     Path((_, study, target)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {

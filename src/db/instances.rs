@@ -1,6 +1,7 @@
 //! Writing instances into the index: one transaction per instance that
 //! upserts the study and series, inserts (or replaces) the instance, closes
-//! its pending-blob journal entry and recomputes the counts.
+//! its pending-blob journal entry, recomputes the counts and charges the
+//! hospital's storage usage, refusing what exceeds its quota ([`charge`]).
 //!
 //! Concurrency: the transaction first writes the study row, which holds that
 //! row's lock (PostgreSQL) or the database write lock (SQLite) until commit,
@@ -239,37 +240,39 @@ impl HospitalDb {
             am.metadata = Set(json_text(&ins.metadata));
             am.received_at = Set(now);
         };
-        let outcome = match existing {
+        let (delta, outcome) = match existing {
             Some(old) if old.sha256 == new.sha256 => return Ok(Ok(Indexed::Identical)),
             Some(_) if policy == DuplicatePolicy::Reject => {
                 return Ok(Err(IndexConflict::DifferentObject));
             }
             Some(old) => {
-                if !charge(txn, h, new.size_bytes - old.size_bytes).await? {
-                    return Ok(Err(IndexConflict::QuotaExceeded));
-                }
                 let mut am: instance::ActiveModel = old.clone().into();
                 fill(&mut am);
                 am.update(txn).await?;
                 if old.series_id != series_row.id {
                     recount(txn, old.study_id, old.series_id, now).await?;
                 }
-                Indexed::Replaced {
-                    old_blob: old.blob_key,
-                }
+                (
+                    new.size_bytes - old.size_bytes,
+                    Indexed::Replaced {
+                        old_blob: old.blob_key,
+                    },
+                )
             }
             None => {
-                if !charge(txn, h, new.size_bytes).await? {
-                    return Ok(Err(IndexConflict::QuotaExceeded));
-                }
                 let mut am = <instance::ActiveModel as Default>::default();
                 fill(&mut am);
                 instance::Entity::insert(am)
                     .exec_without_returning(txn)
                     .await?;
-                Indexed::Stored
+                (new.size_bytes, Indexed::Stored)
             }
         };
+        // The quota, last (rows before the usage row, as deletes lock them):
+        // refused, the caller rolls everything back.
+        if !charge(txn, h, delta).await? {
+            return Ok(Err(IndexConflict::QuotaExceeded));
+        }
         pending_blob::Entity::delete_many()
             .filter(pending_blob::Column::BlobKey.eq(new.blob_key.as_str()))
             .exec(txn)
