@@ -270,12 +270,24 @@ fn dicomweb_action(method: &Method, resource: &str) -> &'static str {
     match *method {
         Method::POST => "stow",
         Method::DELETE => "delete",
-        _ if resource.ends_with("/metadata") => "metadata",
-        _ if resource.contains("/frames/") => "frames",
-        _ if resource.contains("/bulkdata/") => "bulkdata",
+        Method::GET | Method::HEAD => retrieve_action(resource),
+        // Refused with 405; recorded all the same.
+        _ => "other",
+    }
+}
+
+fn retrieve_action(resource: &str) -> &'static str {
+    if resource.ends_with("/metadata") {
+        "metadata"
+    } else if resource.contains("/frames/") {
+        "frames"
+    } else if resource.contains("/bulkdata/") {
+        "bulkdata"
+    } else if resource.ends_with('}') {
         // `/studies/{study}`, `…/series/{series}`, `…/instances/{instance}`
-        _ if resource.ends_with('}') => "wado",
-        _ => "qido",
+        "wado"
+    } else {
+        "qido"
     }
 }
 
@@ -382,5 +394,17 @@ mod tests {
             Some("hospital.update")
         );
         assert_eq!(a(Method::GET, "/healthz"), None);
+        assert_eq!(
+            a(Method::PUT, "/dicom-web/studies").as_deref(),
+            Some("other")
+        );
+        assert_eq!(
+            a(
+                Method::GET,
+                "/dicom-web/studies/{study}/series/{series}/instances/{instance}/bulkdata/{*path}"
+            )
+            .as_deref(),
+            Some("bulkdata")
+        );
     }
 }
