@@ -72,6 +72,10 @@ impl<'a> Req<'a> {
         self.accept = Some(accept);
         self
     }
+    async fn status(self, app: &TestApp) -> StatusCode {
+        self.send(app).await.0
+    }
+
     async fn send(self, app: &TestApp) -> (StatusCode, Value) {
         let mut req = Request::builder()
             .method(self.method)
@@ -448,15 +452,15 @@ async fn allow_lists_admit_listed_v4_and_v6_clients_only() {
         r
     };
     assert_eq!(
-        qido(Some("10.1.2.3:40000")).send(&app).await.0,
+        qido(Some("10.1.2.3:40000")).status(&app).await,
         StatusCode::OK
     );
     assert_eq!(
-        qido(Some("[2001:db8::7]:40000")).send(&app).await.0,
+        qido(Some("[2001:db8::7]:40000")).status(&app).await,
         StatusCode::OK
     );
     assert_eq!(
-        qido(Some("[::ffff:10.1.9.9]:40000")).send(&app).await.0,
+        qido(Some("[::ffff:10.1.9.9]:40000")).status(&app).await,
         StatusCode::OK
     );
     let (status, body) = qido(Some("192.0.2.1:40000")).send(&app).await;
@@ -464,11 +468,11 @@ async fn allow_lists_admit_listed_v4_and_v6_clients_only() {
     assert_eq!(error_code(&body), "ip_not_allowed");
     assert!(body["error"]["message"].as_str().unwrap().contains(&h));
     assert_eq!(
-        qido(Some("[2001:db9::1]:1")).send(&app).await.0,
+        qido(Some("[2001:db9::1]:1")).status(&app).await,
         StatusCode::FORBIDDEN
     );
     // No socket address at all: refused, not guessed.
-    assert_eq!(qido(None).send(&app).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(qido(None).status(&app).await, StatusCode::FORBIDDEN);
     // STOW too, and the admin API acting on the hospital.
     assert_eq!(
         stow_from(
@@ -496,49 +500,46 @@ async fn allow_lists_admit_listed_v4_and_v6_clients_only() {
     );
     let usage_from = |peer| Req::new("GET", format!("/api/hospitals/{h}/usage"), &key).peer(peer);
     assert_eq!(
-        usage_from("192.0.2.1:1").send(&app).await.0,
+        usage_from("192.0.2.1:1").status(&app).await,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(usage_from("10.1.0.1:1").send(&app).await.0, StatusCode::OK);
+    assert_eq!(usage_from("10.1.0.1:1").status(&app).await, StatusCode::OK);
     // The hospital's data through another hospital's credential: its list too.
     assert_eq!(
         Req::new("GET", format!("/tenants/{h}/dicom-web/studies"), &sa)
             .peer("192.0.2.1:1")
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::FORBIDDEN
     );
     // The superadmin can always repair the settings.
     assert_eq!(
         Req::new("GET", format!("/api/hospitals/{h}"), &sa)
             .peer("192.0.2.1:1")
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::OK
     );
     // Other hospitals are unaffected.
     assert_eq!(
         Req::new("GET", "/dicom-web/studies", &app.key)
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::OK
     );
     // Without trusted proxies, X-Forwarded-For is ignored: neither a spoof
     // from outside nor the (untrusted) load balancer's header is believed.
     assert_eq!(
-        qido(Some("192.0.2.1:1")).xff("10.1.2.3").send(&app).await.0,
+        qido(Some("192.0.2.1:1")).xff("10.1.2.3").status(&app).await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        qido(Some("10.0.0.5:1")).xff("10.1.2.3").send(&app).await.0,
+        qido(Some("10.0.0.5:1")).xff("10.1.2.3").status(&app).await,
         StatusCode::FORBIDDEN
     );
     // Removing the list (null) opens the hospital again.
     patch(&app, &sa, &h, json!({"settings": {"allowedIPs": null}})).await;
-    assert_eq!(qido(Some("192.0.2.1:1")).send(&app).await.0, StatusCode::OK);
+    assert_eq!(qido(Some("192.0.2.1:1")).status(&app).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -579,7 +580,7 @@ async fn behind_a_trusted_proxy_the_right_most_untrusted_hop_is_the_client() {
         // The proxy itself, without a header, is not the hospital.
         ("10.0.0.5:1", None, StatusCode::FORBIDDEN),
     ] {
-        assert_eq!(via(peer, xff).send(&app).await.0, want, "{peer} {xff:?}");
+        assert_eq!(via(peer, xff).status(&app).await, want, "{peer} {xff:?}");
     }
     // The audit trail records the client, not the proxy.
     via("10.0.0.5:1", Some("10.1.2.3")).send(&app).await;
@@ -821,16 +822,14 @@ async fn mfa_enrollment_and_login_with_totp() {
     assert!(body.get("token").is_none());
     assert_eq!(
         Req::new("GET", "/dicom-web/studies", &enrollment)
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
         Req::new("GET", format!("/api/hospitals/{h}"), &enrollment)
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::UNAUTHORIZED
     );
 
@@ -885,17 +884,15 @@ async fn mfa_enrollment_and_login_with_totp() {
     );
     assert_eq!(
         Req::new("GET", "/dicom-web/studies", &token)
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::OK
     );
     // API keys are not users: no enrollment for them.
     assert_eq!(
         Req::new("POST", "/api/auth/mfa/enroll", &key)
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::FORBIDDEN
     );
 }
@@ -1130,21 +1127,19 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
     assert!(!Value::Array(mine.clone()).to_string().contains(S1));
     assert_eq!(
         Req::new("GET", "/api/audit?hospitalId=default", &b_key)
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
         Req::new("GET", format!("/api/audit?hospitalId={b}"), &b_key)
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::OK
     );
     let reader = app.key_for("default", Role::Reader).await;
     assert_eq!(
-        Req::new("GET", "/api/audit", &reader).send(&app).await.0,
+        Req::new("GET", "/api/audit", &reader).status(&app).await,
         StatusCode::FORBIDDEN
     );
 
@@ -1193,16 +1188,14 @@ async fn every_action_is_audited_and_scoped_to_its_hospital() {
     assert_eq!(until["items"], json!([]));
     assert_eq!(
         Req::new("GET", "/api/audit?since=yesterday", &sa)
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
         Req::new("GET", "/api/audit?limit=-1", &sa)
-            .send(&app)
-            .await
-            .0,
+            .status(&app)
+            .await,
         StatusCode::BAD_REQUEST
     );
 }
