@@ -15,6 +15,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::archive::Archive;
+use crate::audit::AuditLog;
 use crate::auth::jwks::Jwks;
 use crate::auth::jwt::{JwtKeys, Oidc};
 use crate::config::ServeConfig;
@@ -36,6 +37,10 @@ pub struct AppState {
     pub cors_origins: Vec<String>,
     /// Whether this start created the index (and the hospital `default`).
     pub first_start: bool,
+    /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxies`).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// The queue to the audit trail's writer.
+    pub audit: AuditLog,
 }
 
 impl AppState {
@@ -71,6 +76,8 @@ impl AppState {
             .await
             .map_err(|e| format!("cannot open the spool folder: {e}"))?;
         Ok(AppState {
+            audit: AuditLog::start(db.clone()),
+            trusted_proxies: config.policy.trusted_proxies.clone().into(),
             archive: Archive {
                 db,
                 store: Arc::from(store),
@@ -165,6 +172,11 @@ pub fn app(state: AppState) -> Router {
         .nest("/tenants/{hospital_id}/dicom-web", dicomweb)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // Every DICOMweb and admin request leaves one audit row.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record,
+        ))
         .layer(
             // Logs carry the route template, never the URI (UIDs), bodies,
             // or headers (credentials).

@@ -161,6 +161,45 @@ impl fmt::Debug for AuthConfig {
     }
 }
 
+/// Options of the hospital policies (allow-lists, retention).
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct PolicyArgs {
+    /// Proxies (CIDRs, comma-separated, e.g. the load balancer's subnet)
+    /// whose `X-Forwarded-For` is believed: behind them the client address
+    /// is the right-most forwarded hop that is not itself a trusted proxy.
+    /// Empty (default): the socket peer is the client, `X-Forwarded-For` is
+    /// ignored.
+    #[arg(long, env = "CLOUDPACS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr_arg)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Seconds between runs of the retention sweeper, which deletes the
+    /// studies of hospitals with `dataRetentionDays` once they are older.
+    /// 0 disables it on this replica.
+    #[arg(
+        long,
+        env = "CLOUDPACS_RETENTION_INTERVAL_SECS",
+        default_value_t = 3600
+    )]
+    pub retention_interval_secs: u64,
+    /// Studies the retention sweeper deletes per batch (it renews its lease
+    /// between batches).
+    #[arg(long, env = "CLOUDPACS_RETENTION_BATCH", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_batch: u64,
+}
+
+impl Default for PolicyArgs {
+    fn default() -> Self {
+        PolicyArgs {
+            trusted_proxies: Vec::new(),
+            retention_interval_secs: 3600,
+            retention_batch: 50,
+        }
+    }
+}
+
+fn parse_cidr_arg(s: &str) -> Result<ipnet::IpNet, String> {
+    crate::policy::parse_cidr(s)
+}
+
 /// Where blobs are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Storage {
@@ -386,6 +425,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 
     /// Browser origins allowed to call the API (CORS), comma-separated, e.g.
     /// `https://viewer.example.org`. None by default; never a wildcard.

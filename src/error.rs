@@ -21,6 +21,21 @@ pub enum ApiError {
     /// The request conflicts with existing data (admin API).
     #[error("{0}")]
     Conflict(String),
+    /// A plan limit is reached (e.g. maxUsers).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The client address is outside the hospital's allowedIPs.
+    #[error("requests to hospital {0} are not allowed from this address (allowedIPs)")]
+    IpNotAllowed(String),
+    /// The hospital requires MFA: the login needs a valid `totp` code.
+    #[error("this account needs a TOTP code: send the current 6-digit code as \"totp\"")]
+    MfaCodeRequired,
+    /// The hospital requires MFA and the user has none enrolled. The body
+    /// carries a short-lived token that only enrolls.
+    #[error(
+        "hospital {hospital} requires MFA and this user has no TOTP enrolled: call POST /api/auth/mfa/enroll with the enrollmentToken as Bearer, add the secret to an authenticator app, confirm with POST /api/auth/mfa/verify {{\"code\"}}, then log in with \"totp\""
+    )]
+    MfaEnrollmentRequired { hospital: String, token: String },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -48,7 +63,11 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::QuotaExceeded(_) => StatusCode::CONFLICT,
+            ApiError::IpNotAllowed(_) | ApiError::MfaEnrollmentRequired { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::MfaCodeRequired => StatusCode::UNAUTHORIZED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -65,6 +84,10 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Conflict(_) => "conflict",
+            ApiError::QuotaExceeded(_) => "quota_exceeded",
+            ApiError::IpNotAllowed(_) => "ip_not_allowed",
+            ApiError::MfaCodeRequired => "mfa_code_required",
+            ApiError::MfaEnrollmentRequired { .. } => "mfa_enrollment_required",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::NotAcceptable(_) => "not_acceptable",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -79,6 +102,7 @@ impl From<crate::db::DbError> for ApiError {
     fn from(e: crate::db::DbError) -> Self {
         match e {
             crate::db::DbError::NotFound => ApiError::NotFound,
+            e @ crate::db::DbError::UserQuota(_) => ApiError::QuotaExceeded(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -94,7 +118,10 @@ impl IntoResponse for ApiError {
             ApiError::RangeNotSatisfiable(size) => Some(*size),
             _ => None,
         };
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        if let ApiError::MfaEnrollmentRequired { token, .. } = &self {
+            body["enrollmentToken"] = json!(token);
+        }
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

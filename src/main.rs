@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use cloudpacs::admin;
 use cloudpacs::auth::Role;
 use cloudpacs::config::{DbArgs, LogFormat, ServeConfig};
 use cloudpacs::db::{Db, HospitalPatch};
 use cloudpacs::{AppState, app};
+use cloudpacs::{admin, audit};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -197,6 +197,7 @@ async fn hospital(db: DbArgs, action: HospitalCmd) -> Result<(), String> {
                 plan: Some(plan),
             };
             let (h, key) = admin::create_hospital(&db, req).await.map_err(api)?;
+            audit::record_cli(&db, &h.hospital_id, "hospital.create").await;
             if json {
                 println!(
                     "{}",
@@ -244,6 +245,7 @@ async fn set_status(db: &Db, id: &str, status: &str) -> Result<(), String> {
     db.update_hospital(id, patch)
         .await
         .map_err(|e| format!("{id}: {e}"))?;
+    audit::record_cli(db, id, "hospital.update").await;
     println!("hospital {id} is {status}");
     Ok(())
 }
@@ -261,6 +263,7 @@ async fn key(db: DbArgs, action: KeyCmd) -> Result<(), String> {
             let (key_id, key) = admin::create_key(&db, &hospital, role, &name)
                 .await
                 .map_err(api)?;
+            audit::record_cli(&db, &hospital, "key.create").await;
             if json {
                 println!("{}", serde_json::json!({"keyId": key_id, "apiKey": key}));
             } else {
@@ -278,6 +281,7 @@ async fn key(db: DbArgs, action: KeyCmd) -> Result<(), String> {
             db.revoke_key(h.pk, &key_id)
                 .await
                 .map_err(|e| format!("{key_id}: {e}"))?;
+            audit::record_cli(&db, &hospital, "key.revoke").await;
             println!("key {key_id} revoked");
         }
     }
@@ -304,6 +308,7 @@ async fn user(db: DbArgs, action: UserCmd) -> Result<(), String> {
         superadmin,
     };
     let id = admin::create_user(&db, &hospital, req).await.map_err(api)?;
+    audit::record_cli(&db, &hospital, "user.create").await;
     println!("user {username} created (id {id})");
     Ok(())
 }
@@ -346,6 +351,17 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         })
     };
 
+    let audit = state.audit.clone();
+    let retention_stop = Arc::new(tokio::sync::Notify::new());
+    let retention = (config.policy.retention_interval_secs > 0).then(|| {
+        tokio::spawn(cloudpacs::retention::run(
+            state.clone(),
+            Duration::from_secs(config.policy.retention_interval_secs),
+            config.policy.retention_batch,
+            retention_stop.clone(),
+        ))
+    });
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -363,6 +379,8 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tokio::select! {
         result = &mut server => {
             sweeper.abort();
+            retention_stop.notify_one();
+            audit.flush().await;
             return result.map_err(|e| e.to_string())?.map_err(|e| e.to_string());
         }
         () = shutdown_signal() => {}
@@ -370,10 +388,19 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tracing::info!("shutting down: finishing in-flight requests");
     shutdown.notify_one();
     sweeper.abort();
-    match tokio::time::timeout(Duration::from_secs(config.shutdown_grace_secs), server).await {
+    retention_stop.notify_one();
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    match tokio::time::timeout(grace, server).await {
         Ok(_) => tracing::info!("stopped"),
         Err(_) => tracing::warn!("grace period over; stopping with requests in flight"),
     }
+    if let Some(task) = retention
+        && tokio::time::timeout(grace, task).await.is_err()
+    {
+        tracing::warn!("grace period over; a retention sweep was interrupted");
+    }
+    // Every audit row of the requests served is written before exiting.
+    audit.flush().await;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! The schema itself is owned by the `migration` crate; these mirror it.
 
 pub mod api_key;
+pub mod audit_log;
 pub mod hospital;
 pub mod instance;
 pub mod pending_blob;

@@ -21,6 +21,14 @@ pub struct Model {
     pub is_superadmin: bool,
     pub last_login: Option<i64>,
     pub created_at: i64,
+    /// Active TOTP secret (base32), once enrollment was verified.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub totp_secret: Option<String>,
+    /// Secret handed out by enrollment, active after its first valid code.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub totp_pending: Option<String>,
+    /// The last TOTP time step accepted (a code is accepted once).
+    pub totp_last_step: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

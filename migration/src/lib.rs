@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_core;
 mod m20261128_000002_qido_indexes;
 mod m20261128_000003_credentials;
+mod m20261128_000004_policies;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_core::Migration),
             Box::new(m20261128_000002_qido_indexes::Migration),
             Box::new(m20261128_000003_credentials::Migration),
+            Box::new(m20261128_000004_policies::Migration),
         ]
     }
 }

@@ -2,6 +2,8 @@
 //! users, sharing. The same functions serve the CLI. Errors are
 //! `{"error": {"code", "message"}}` like everywhere.
 
+mod policy;
+
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -14,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::auth::{Principal, Role, keys};
+use crate::auth::{HospitalAdmin, Origin, Principal, Role, check_ip, keys};
 use crate::db::{Db, DbError, HospitalPatch, NewHospital, NewUser, is_conflict};
 use crate::dicom::Uid;
 use crate::error::ApiError;
@@ -24,8 +26,12 @@ use crate::error::ApiError;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/auth/login",                                        post(login))
+        .route("/auth/mfa/enroll",                                   post(policy::enroll_totp))
+        .route("/auth/mfa/verify",                                   post(policy::verify_totp))
+        .route("/audit",                                             get(policy::audit_trail))
         .route("/hospitals",                                         post(create_hospital_route).get(list_hospitals))
         .route("/hospitals/{id}",                                    get(show_hospital).patch(patch_hospital))
+        .route("/hospitals/{id}/usage",                              get(policy::hospital_usage))
         .route("/hospitals/{id}/api-keys",                           post(create_key_route))
         .route("/hospitals/{id}/api-keys/{key_id}",                  delete(revoke_key))
         .route("/hospitals/{id}/users",                              post(create_user_route))
@@ -45,10 +51,7 @@ pub fn plan_limits(plan: &str) -> Option<(i32, i64)> {
 }
 
 fn db_error(e: DbError) -> ApiError {
-    match e {
-        DbError::NotFound => ApiError::NotFound,
-        other => ApiError::Internal(other.to_string()),
-    }
+    ApiError::from(e)
 }
 
 /// The hospital as the API shows it (never any key material).
@@ -169,14 +172,7 @@ pub async fn create_user(db: &Db, hospital_id: &str, req: UserRequest) -> Result
             .await
             .map_err(|_| ApiError::BadRequest(format!("unknown hospital {h:?}")))?;
     }
-    if hospital.max_users > 0
-        && db.count_users(hospital.id).await.map_err(db_error)? >= hospital.max_users as u64
-    {
-        return Err(ApiError::Conflict(format!(
-            "the plan of this hospital allows {} users",
-            hospital.max_users
-        )));
-    }
+    // maxUsers is enforced by `create_user` (409 quota_exceeded), atomically.
     let password = req.password;
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))
         .await
@@ -220,24 +216,6 @@ fn verify_password(password: &str, hash: &str) -> bool {
     })
 }
 
-/// 404 when the caller may not see the hospital, 403 when it may but is
-/// not its administrator.
-fn require_admin(p: &Principal, hospital_id: &str) -> Result<(), ApiError> {
-    if !p.may_access(hospital_id) {
-        return Err(ApiError::NotFound);
-    }
-    if !p.is_admin_of(hospital_id) {
-        return Err(ApiError::Forbidden("this needs the admin role".into()));
-    }
-    if !p.is_superadmin() && p.home.status != "active" {
-        return Err(ApiError::Forbidden(format!(
-            "hospital {} is {}",
-            p.home.id, p.home.status
-        )));
-    }
-    Ok(())
-}
-
 fn require_superadmin(p: &Principal) -> Result<(), ApiError> {
     if p.is_superadmin() {
         Ok(())
@@ -252,10 +230,13 @@ struct LoginRequest {
     username: String,
     password: String,
     hospital_id: Option<String>,
+    /// The current TOTP code, when the user has MFA.
+    totp: Option<String>,
 }
 
 async fn login(
     State(app): State<AppState>,
+    origin: Origin,
     Json(req): Json<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let db = &app.archive.db;
@@ -293,17 +274,22 @@ async fn login(
         .hospital_by_pk(user.hospital_id)
         .await
         .map_err(db_error)?;
+    origin.note_user(&user, &hospital);
     if hospital.status != "active" && !user.is_superadmin {
         return Err(ApiError::Forbidden(format!(
             "hospital {} is {}",
             hospital.id, hospital.status
         )));
     }
+    check_ip(&hospital, origin.ip)?;
+    let mfa = policy::second_factor(&app, &user, &hospital, req.totp.as_deref()).await?;
     db.touch_login(user.id).await.map_err(db_error)?;
-    let (token, exp) = app
-        .jwt
-        .issue(user.id, &hospital.id)
-        .map_err(ApiError::internal)?;
+    let issued = if mfa {
+        app.jwt.issue_mfa(user.id, &hospital.id)
+    } else {
+        app.jwt.issue(user.id, &hospital.id)
+    };
+    let (token, exp) = issued.map_err(ApiError::internal)?;
     let expires = chrono::DateTime::from_timestamp(exp, 0).map(|t| t.to_rfc3339());
     Ok(
         Json(json!({"token": token, "expiresAt": expires, "hospitalId": hospital.id}))
@@ -333,28 +319,34 @@ async fn list_hospitals(State(app): State<AppState>, p: Principal) -> Result<Res
 
 async fn show_hospital(
     State(app): State<AppState>,
-    p: Principal,
-    Path(id): Path<String>,
+    HospitalAdmin {
+        hospital_id: id, ..
+    }: HospitalAdmin,
 ) -> Result<Response, ApiError> {
-    require_admin(&p, &id)?;
     let h = app.archive.db.hospital_model(&id).await.map_err(db_error)?;
     Ok(Json(hospital_json(&h)).into_response())
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct PatchRequest {
     status: Option<String>,
     plan: Option<String>,
+    /// Overrides of the plan's limits (superadmin); 0: no limit.
+    max_users: Option<i64>,
+    max_storage: Option<i64>,
+    /// A JSON merge patch of the settings (`null` removes a key).
     settings: Option<Value>,
 }
 
 async fn patch_hospital(
     State(app): State<AppState>,
-    p: Principal,
-    Path(id): Path<String>,
+    HospitalAdmin {
+        principal: p,
+        hospital_id: id,
+    }: HospitalAdmin,
     Json(req): Json<PatchRequest>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p, &id)?;
     let mut patch = HospitalPatch::default();
     if let Some(status) = req.status {
         require_superadmin(&p)?;
@@ -371,13 +363,34 @@ async fn patch_hospital(
             .ok_or_else(|| ApiError::BadRequest(format!("unknown plan {plan:?}")))?;
         patch.plan = Some((plan, users, storage));
     }
-    if let Some(settings) = req.settings {
-        if !settings.is_object() {
+    if let Some(n) = req.max_users {
+        require_superadmin(&p)?;
+        patch.max_users = Some(
+            i32::try_from(n)
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::BadRequest("maxUsers must be 0 or more".into()))?,
+        );
+    }
+    if let Some(n) = req.max_storage {
+        require_superadmin(&p)?;
+        if n < 0 {
             return Err(ApiError::BadRequest(
-                "settings must be a JSON object".into(),
+                "maxStorage (bytes) must be 0 or more".into(),
             ));
         }
-        patch.settings = Some(settings.to_string());
+        patch.max_storage_bytes = Some(n);
+    }
+    if let Some(settings) = req.settings {
+        let current = app.archive.db.hospital_model(&id).await.map_err(db_error)?;
+        let (merged, policy) = crate::policy::merge_settings(&current.settings, &settings)
+            .map_err(|why| ApiError::BadRequest(format!("invalid settings: {why}")))?;
+        if !p.is_superadmin() && !policy.allowed_ips.allows(p.client_ip) {
+            return Err(ApiError::BadRequest(
+                "invalid settings: allowedIPs would lock out the address of this request".into(),
+            ));
+        }
+        patch.settings = Some(merged.to_string());
     }
     let h = app
         .archive
@@ -396,11 +409,12 @@ struct KeyRequest {
 
 async fn create_key_route(
     State(app): State<AppState>,
-    p: Principal,
-    Path(id): Path<String>,
+    HospitalAdmin {
+        principal: p,
+        hospital_id: id,
+    }: HospitalAdmin,
     Json(req): Json<KeyRequest>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p, &id)?;
     let role = match req.role.as_deref() {
         None => Role::Reader,
         Some(r) => {
@@ -428,10 +442,11 @@ async fn create_key_route(
 
 async fn revoke_key(
     State(app): State<AppState>,
-    p: Principal,
-    Path((id, key_id)): Path<(String, String)>,
+    HospitalAdmin {
+        hospital_id: id, ..
+    }: HospitalAdmin,
+    Path((_, key_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p, &id)?;
     let db = &app.archive.db;
     let hospital = db.find_hospital(&id).await.map_err(db_error)?;
     db.revoke_key(hospital.pk, &key_id)
@@ -442,11 +457,12 @@ async fn revoke_key(
 
 async fn create_user_route(
     State(app): State<AppState>,
-    p: Principal,
-    Path(id): Path<String>,
+    HospitalAdmin {
+        principal: p,
+        hospital_id: id,
+    }: HospitalAdmin,
     Json(req): Json<UserRequest>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p, &id)?;
     if req.superadmin {
         require_superadmin(&p)?;
     }
@@ -468,11 +484,12 @@ struct ShareRequest {
 
 async fn share_study(
     State(app): State<AppState>,
-    p: Principal,
-    Path((id, study)): Path<(String, String)>,
+    HospitalAdmin {
+        hospital_id: id, ..
+    }: HospitalAdmin,
+    Path((_, study)): Path<(String, String)>,
     Json(req): Json<ShareRequest>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p, &id)?;
     let study =
         Uid::parse(&study).map_err(|e| ApiError::BadRequest(format!("invalid study UID: {e}")))?;
     let level = req.access_level.unwrap_or_else(|| "read".into());
@@ -508,10 +525,11 @@ async fn share_study(
 
 async fn unshare_study(
     State(app): State<AppState>,
-    p: Principal,
-    Path((id, study, target)): Path<(String, String, String)>,
+    HospitalAdmin {
+        hospital_id: id, ..
+    }: HospitalAdmin,
+    Path((_, study, target)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p, &id)?;
     let db = &app.archive.db;
     let owner = db.find_hospital(&id).await.map_err(db_error)?;
     let target = db.find_hospital(&target).await.map_err(db_error)?;

@@ -8,11 +8,15 @@ use crate::store::{BlobKey, SpoolFile};
 
 use super::Archive;
 
+/// ErrorComment of an instance refused by the storage quota (at most 64
+/// characters: it is an LO).
+const QUOTA_EXCEEDED: &str = "the hospital's storage quota (maxStorage) is exhausted";
+
 /// FailureReason (0008,1197) values, PS3.18 Annex I Table I.2-2 (and PS3.7
 /// for the duplicate case). Documented in conformance/CONFORMANCE.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureReason {
-    /// 0xA700: out of resources.
+    /// 0xA700: out of resources (the hospital's storage quota).
     OutOfResources,
     /// 0xA900: the data set does not match the SOP class (missing or
     /// malformed required attributes).
@@ -141,11 +145,23 @@ impl Archive {
         }
 
         // A retry of an instance already stored: nothing to write.
-        match scope
-            .instance_sha256(inspected.sop_instance_uid.as_str())
+        let replaced_size = match scope
+            .stored_instance(inspected.sop_instance_uid.as_str())
             .await
         {
-            Ok(Some(sha)) if sha == file.sha256 => return PartOutcome::Stored(stored),
+            Ok(Some((sha, _))) if sha == file.sha256 => return PartOutcome::Stored(stored),
+            Ok(found) => found.map_or(0, |(_, size)| size),
+            Err(e) => {
+                tracing::error!(error = %e, "index lookup failed during ingest");
+                return fail(FailureReason::ProcessingFailure, "the index is unavailable");
+            }
+        };
+        // Quota, early: no blob is written for an instance that cannot fit.
+        // The index transaction checks again, exactly.
+        match scope.storage_headroom().await {
+            Ok(Some(room)) if file.size as i64 - replaced_size > room => {
+                return fail(FailureReason::OutOfResources, QUOTA_EXCEEDED);
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, "index lookup failed during ingest");
@@ -199,6 +215,9 @@ impl Archive {
                         FailureReason::DuplicateInstance,
                         "a different object is already stored under this SOP Instance UID",
                     ),
+                    IndexConflict::QuotaExceeded => {
+                        fail(FailureReason::OutOfResources, QUOTA_EXCEEDED)
+                    }
                 }
             }
             Err(e) => {

@@ -17,6 +17,12 @@ use super::jwks::Jwks;
 /// Issuer and audience of the tokens this server issues.
 pub const LOCAL_ISSUER: &str = "cloudpacs";
 pub const LOCAL_AUDIENCE: &str = "cloudpacs";
+/// Audience of the enrollment-only tokens a login hands out when the
+/// hospital requires MFA and the user has none enrolled: a different
+/// audience, so they are never accepted as credentials.
+pub const ENROLLMENT_AUDIENCE: &str = "cloudpacs-mfa-enrollment";
+/// Lifetime of an enrollment token, in seconds.
+pub const ENROLLMENT_TTL_SECS: i64 = 600;
 const LEEWAY_SECS: u64 = 30;
 
 /// Claims of a token issued at login. The user's roles and hospitals are
@@ -32,6 +38,15 @@ pub struct LocalClaims {
     pub iat: i64,
     /// Home hospital (informative).
     pub hospital: String,
+    /// Whether the login passed a TOTP code (hospitals requiring MFA refuse
+    /// tokens without it, e.g. issued before the policy was switched on).
+    #[serde(default)]
+    pub mfa: bool,
+}
+
+/// The user id of a token's `sub`.
+fn user_id(claims: &LocalClaims) -> Result<i64, JwtError> {
+    claims.sub.parse().map_err(|_| JwtError::Invalid)
 }
 
 /// An external OpenID Connect provider.
@@ -80,15 +95,44 @@ impl JwtKeys {
 
     /// A token for a user; returns it with its expiry (Unix seconds).
     pub fn issue(&self, user_id: i64, hospital: &str) -> Result<(String, i64), JwtError> {
+        self.issue_for(LOCAL_AUDIENCE, self.ttl_secs, user_id, hospital, false)
+    }
+
+    /// [`JwtKeys::issue`] for a login that passed a TOTP code.
+    pub fn issue_mfa(&self, user_id: i64, hospital: &str) -> Result<(String, i64), JwtError> {
+        self.issue_for(LOCAL_AUDIENCE, self.ttl_secs, user_id, hospital, true)
+    }
+
+    /// A token that only enrolls a TOTP secret (see [`ENROLLMENT_AUDIENCE`]).
+    pub fn issue_enrollment(&self, user_id: i64, hospital: &str) -> Result<String, JwtError> {
+        self.issue_for(
+            ENROLLMENT_AUDIENCE,
+            ENROLLMENT_TTL_SECS,
+            user_id,
+            hospital,
+            false,
+        )
+        .map(|(token, _)| token)
+    }
+
+    fn issue_for(
+        &self,
+        audience: &str,
+        ttl_secs: i64,
+        user_id: i64,
+        hospital: &str,
+        mfa: bool,
+    ) -> Result<(String, i64), JwtError> {
         let now = chrono::Utc::now().timestamp();
         let claims = LocalClaims {
             iss: LOCAL_ISSUER.into(),
-            aud: LOCAL_AUDIENCE.into(),
+            aud: audience.into(),
             sub: user_id.to_string(),
-            exp: now + self.ttl_secs,
+            exp: now + ttl_secs,
             nbf: now,
             iat: now,
             hospital: hospital.into(),
+            mfa,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|_| JwtError::Invalid)?;
@@ -97,15 +141,30 @@ impl JwtKeys {
 
     /// Verify a token this server issued; returns the user id.
     pub fn verify_local(&self, token: &str) -> Result<i64, JwtError> {
+        self.verify_local_claims(token).and_then(|c| user_id(&c))
+    }
+
+    /// Verify a token this server issued; returns its claims.
+    pub fn verify_local_claims(&self, token: &str) -> Result<LocalClaims, JwtError> {
+        self.verify_for(LOCAL_AUDIENCE, token)
+    }
+
+    /// Verify an enrollment-only token; returns the user id.
+    pub fn verify_enrollment(&self, token: &str) -> Result<i64, JwtError> {
+        self.verify_for(ENROLLMENT_AUDIENCE, token)
+            .and_then(|c| user_id(&c))
+    }
+
+    fn verify_for(&self, audience: &str, token: &str) -> Result<LocalClaims, JwtError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.set_issuer(&[LOCAL_ISSUER]);
-        v.set_audience(&[LOCAL_AUDIENCE]);
+        v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         v.validate_nbf = true;
         v.leeway = LEEWAY_SECS;
-        let data =
-            decode::<LocalClaims>(token, &self.decoding, &v).map_err(|_| JwtError::Invalid)?;
-        data.claims.sub.parse().map_err(|_| JwtError::Invalid)
+        decode::<LocalClaims>(token, &self.decoding, &v)
+            .map(|data| data.claims)
+            .map_err(|_| JwtError::Invalid)
     }
 
     /// Verify a token of the configured OpenID Connect provider.
@@ -182,5 +241,18 @@ mod tests {
             Err(JwtError::Invalid),
             "no OIDC configured"
         );
+    }
+
+    #[test]
+    fn enrollment_tokens_are_not_credentials() {
+        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef", 3600, None);
+        let token = keys.issue_enrollment(7, "default").unwrap();
+        assert_eq!(keys.verify_enrollment(&token), Ok(7));
+        assert_eq!(keys.verify_local(&token), Err(JwtError::Invalid));
+        let (login, _) = keys.issue(7, "default").unwrap();
+        assert_eq!(keys.verify_enrollment(&login), Err(JwtError::Invalid));
+        assert!(!keys.verify_local_claims(&login).unwrap().mfa);
+        let (login, _) = keys.issue_mfa(7, "default").unwrap();
+        assert!(keys.verify_local_claims(&login).unwrap().mfa);
     }
 }

@@ -2,7 +2,8 @@
 
 use entity::{api_key, hospital, study_share, user};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, SqlErr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, SqlErr, Statement, TransactionTrait,
 };
 
 use super::{Db, DbError, Hospital, now_millis};
@@ -25,7 +26,23 @@ pub struct NewHospital {
 pub struct HospitalPatch {
     pub status: Option<String>,
     pub plan: Option<(String, i32, i64)>,
+    pub max_users: Option<i32>,
+    pub max_storage_bytes: Option<i64>,
     pub settings: Option<String>,
+}
+
+/// What a hospital holds and may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub studies: i64,
+    pub series: i64,
+    pub instances: i64,
+    /// Bytes of stored instances, kept exact by every ingest and delete.
+    pub bytes: i64,
+    /// 0: no quota.
+    pub max_storage_bytes: i64,
+    pub users: i64,
+    pub max_users: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +119,12 @@ impl Db {
             am.max_users = Set(users);
             am.max_storage_bytes = Set(storage);
         }
+        if let Some(users) = patch.max_users {
+            am.max_users = Set(users);
+        }
+        if let Some(storage) = patch.max_storage_bytes {
+            am.max_storage_bytes = Set(storage);
+        }
         if let Some(settings) = patch.settings {
             am.settings = Set(settings);
         }
@@ -154,7 +177,32 @@ impl Db {
         Ok(())
     }
 
+    /// Create a user unless the hospital has `max_users` (when above 0)
+    /// already: [`DbError::UserQuota`]. The hospital row is locked for the
+    /// count and the insert, so concurrent creations cannot overshoot.
     pub async fn create_user(&self, new: NewUser) -> Result<user::Model, DbError> {
+        let txn = self.conn.begin().await?;
+        txn.execute_raw(Statement::from_sql_and_values(
+            txn.get_database_backend(),
+            "UPDATE hospitals SET updated_at = updated_at WHERE id = $1",
+            vec![new.hospital_pk.into()],
+        ))
+        .await?;
+        let hospital = hospital::Entity::find_by_id(new.hospital_pk)
+            .one(&txn)
+            .await?
+            .ok_or(DbError::NotFound)?;
+        if hospital.max_users > 0 {
+            use sea_orm::PaginatorTrait;
+            let n = user::Entity::find()
+                .filter(user::Column::HospitalId.eq(new.hospital_pk))
+                .count(&txn)
+                .await?;
+            if n >= u64::try_from(hospital.max_users).unwrap_or(0) {
+                txn.rollback().await?;
+                return Err(DbError::UserQuota(hospital.max_users));
+            }
+        }
         let am = user::ActiveModel {
             hospital_id: Set(new.hospital_pk),
             username: Set(new.username),
@@ -170,15 +218,55 @@ impl Db {
             created_at: Set(now_millis()),
             ..Default::default()
         };
-        Ok(am.insert(&self.conn).await?)
+        let user = am.insert(&txn).await?;
+        txn.commit().await?;
+        Ok(user)
     }
 
-    pub async fn count_users(&self, hospital_pk: i64) -> Result<u64, DbError> {
-        use sea_orm::PaginatorTrait;
-        Ok(user::Entity::find()
-            .filter(user::Column::HospitalId.eq(hospital_pk))
-            .count(&self.conn)
-            .await?)
+    /// A hospital's stored bytes and quota (0: none).
+    pub async fn storage(&self, hospital_pk: i64) -> Result<(i64, i64), DbError> {
+        let row = self
+            .conn
+            .query_one_raw(Statement::from_sql_and_values(
+                self.backend(),
+                "SELECT COALESCE((SELECT bytes FROM hospital_usage WHERE hospital_id = h.id), 0) AS bytes, \
+                        h.max_storage_bytes AS max_bytes \
+                 FROM hospitals h WHERE h.id = $1",
+                vec![hospital_pk.into()],
+            ))
+            .await?
+            .ok_or(DbError::NotFound)?;
+        Ok((row.try_get("", "bytes")?, row.try_get("", "max_bytes")?))
+    }
+
+    /// What a hospital holds: counted from the rows, bytes from the usage
+    /// kept with every ingest and delete.
+    pub async fn usage(&self, hospital_pk: i64) -> Result<Usage, DbError> {
+        let row = self
+            .conn
+            .query_one_raw(Statement::from_sql_and_values(
+                self.backend(),
+                "SELECT (SELECT COUNT(*) FROM studies WHERE hospital_id = h.id) AS studies, \
+                        (SELECT COUNT(*) FROM series WHERE hospital_id = h.id) AS series, \
+                        (SELECT COUNT(*) FROM instances WHERE hospital_id = h.id) AS instances, \
+                        (SELECT COUNT(*) FROM users WHERE hospital_id = h.id) AS users, \
+                        COALESCE((SELECT bytes FROM hospital_usage WHERE hospital_id = h.id), 0) AS bytes, \
+                        h.max_storage_bytes AS max_bytes, CAST(h.max_users AS BIGINT) AS max_users \
+                 FROM hospitals h WHERE h.id = $1",
+                vec![hospital_pk.into()],
+            ))
+            .await?
+            .ok_or(DbError::NotFound)?;
+        let get = |c: &str| row.try_get::<i64>("", c);
+        Ok(Usage {
+            studies: get("studies")?,
+            series: get("series")?,
+            instances: get("instances")?,
+            bytes: get("bytes")?,
+            max_storage_bytes: get("max_bytes")?,
+            users: get("users")?,
+            max_users: get("max_users")?,
+        })
     }
 
     /// Users named `username` (one per hospital at most).
@@ -191,6 +279,57 @@ impl Db {
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<user::Model>, DbError> {
         Ok(user::Entity::find_by_id(id).one(&self.conn).await?)
+    }
+
+    /// Hand a user a TOTP secret to confirm (replacing an unconfirmed one).
+    pub async fn set_totp_pending(&self, user_id: i64, secret: &str) -> Result<(), DbError> {
+        let res = self
+            .conn
+            .execute_raw(Statement::from_sql_and_values(
+                self.backend(),
+                "UPDATE users SET totp_pending = $1 WHERE id = $2",
+                vec![secret.into(), user_id.into()],
+            ))
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(DbError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Make the pending secret `pending` the user's TOTP secret, the code of
+    /// `step` being used. False when the pending secret changed meanwhile.
+    pub async fn activate_totp(
+        &self,
+        user_id: i64,
+        pending: &str,
+        step: i64,
+    ) -> Result<bool, DbError> {
+        let res = self
+            .conn
+            .execute_raw(Statement::from_sql_and_values(
+                self.backend(),
+                "UPDATE users SET totp_secret = totp_pending, totp_pending = NULL, totp_last_step = $1 \
+                 WHERE id = $2 AND totp_pending = $3",
+                vec![step.into(), user_id.into(), pending.into()],
+            ))
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Use the TOTP code of `step`: false when a code of that step (or a
+    /// later one) was used already (a replay).
+    pub async fn use_totp_step(&self, user_id: i64, step: i64) -> Result<bool, DbError> {
+        let res = self
+            .conn
+            .execute_raw(Statement::from_sql_and_values(
+                self.backend(),
+                "UPDATE users SET totp_last_step = $1 \
+                 WHERE id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)",
+                vec![step.into(), user_id.into()],
+            ))
+            .await?;
+        Ok(res.rows_affected() == 1)
     }
 
     pub async fn set_user_active(&self, id: i64, active: bool) -> Result<(), DbError> {

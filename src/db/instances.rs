@@ -1,6 +1,7 @@
 //! Writing instances into the index: one transaction per instance that
 //! upserts the study and series, inserts (or replaces) the instance, closes
-//! its pending-blob journal entry and recomputes the counts.
+//! its pending-blob journal entry, recomputes the counts and charges the
+//! hospital's storage usage, refusing what exceeds its quota ([`charge`]).
 //!
 //! Concurrency: the transaction first writes the study row, which holds that
 //! row's lock (PostgreSQL) or the database write lock (SQLite) until commit,
@@ -48,6 +49,8 @@ pub enum IndexConflict {
     /// A different object is stored under this SOP Instance UID and the
     /// policy is to reject.
     DifferentObject,
+    /// Storing it would take the hospital past its storage quota.
+    QuotaExceeded,
 }
 
 fn json_text(map: &Map<String, Value>) -> String {
@@ -55,15 +58,23 @@ fn json_text(map: &Map<String, Value>) -> String {
 }
 
 impl HospitalDb {
-    /// The stored SHA-256 of an instance, if any (cheap pre-check for
-    /// retried uploads).
-    pub async fn instance_sha256(&self, sop_uid: &str) -> Result<Option<String>, DbError> {
+    /// The stored SHA-256 and size of an instance, if any (cheap pre-checks
+    /// for retried uploads and for the quota).
+    pub async fn stored_instance(&self, sop_uid: &str) -> Result<Option<(String, i64)>, DbError> {
         Ok(instance::Entity::find()
             .filter(instance::Column::HospitalId.eq(self.hospital.pk))
             .filter(instance::Column::SopUid.eq(sop_uid))
             .one(self.db.conn())
             .await?
-            .map(|i| i.sha256))
+            .map(|i| (i.sha256, i.size_bytes)))
+    }
+
+    /// Bytes this hospital may still store; `None`: no quota. Advisory (a
+    /// cheap early refusal before a blob is written): the ingest
+    /// transaction's conditional update is what enforces the quota.
+    pub async fn storage_headroom(&self) -> Result<Option<i64>, DbError> {
+        let (bytes, max) = self.db.storage(self.hospital.pk).await?;
+        Ok((max > 0).then_some(max - bytes))
     }
 
     /// Index an instance whose blob is stored. A unique-key race with a
@@ -229,7 +240,7 @@ impl HospitalDb {
             am.metadata = Set(json_text(&ins.metadata));
             am.received_at = Set(now);
         };
-        let outcome = match existing {
+        let (delta, outcome) = match existing {
             Some(old) if old.sha256 == new.sha256 => return Ok(Ok(Indexed::Identical)),
             Some(_) if policy == DuplicatePolicy::Reject => {
                 return Ok(Err(IndexConflict::DifferentObject));
@@ -241,9 +252,12 @@ impl HospitalDb {
                 if old.series_id != series_row.id {
                     recount(txn, old.study_id, old.series_id, now).await?;
                 }
-                Indexed::Replaced {
-                    old_blob: old.blob_key,
-                }
+                (
+                    new.size_bytes - old.size_bytes,
+                    Indexed::Replaced {
+                        old_blob: old.blob_key,
+                    },
+                )
             }
             None => {
                 let mut am = <instance::ActiveModel as Default>::default();
@@ -251,9 +265,14 @@ impl HospitalDb {
                 instance::Entity::insert(am)
                     .exec_without_returning(txn)
                     .await?;
-                Indexed::Stored
+                (new.size_bytes, Indexed::Stored)
             }
         };
+        // The quota, last (rows before the usage row, as deletes lock them):
+        // refused, the caller rolls everything back.
+        if !charge(txn, h, delta).await? {
+            return Ok(Err(IndexConflict::QuotaExceeded));
+        }
         pending_blob::Entity::delete_many()
             .filter(pending_blob::Column::BlobKey.eq(new.blob_key.as_str()))
             .exec(txn)
@@ -275,6 +294,36 @@ async fn exec<C: ConnectionTrait>(
     ))
     .await?;
     Ok(())
+}
+
+/// Add `delta` bytes to a hospital's usage, in the caller's transaction,
+/// unless that takes it past its `max_storage_bytes` (0: no quota). The
+/// check and the addition are one conditional UPDATE of the usage row, which
+/// PostgreSQL row-locks (SQLite: the write lock) until commit: two
+/// concurrent ingests cannot both see the same headroom. A delta of 0 or
+/// less always passes. Returns whether it was charged.
+pub(super) async fn charge<C: ConnectionTrait>(
+    c: &C,
+    hospital_pk: i64,
+    delta: i64,
+) -> Result<bool, sea_orm::DbErr> {
+    exec(
+        c,
+        "INSERT INTO hospital_usage (hospital_id, bytes) VALUES ($1, 0) ON CONFLICT (hospital_id) DO NOTHING",
+        vec![hospital_pk.into()],
+    )
+    .await?;
+    let res = c
+        .execute_raw(Statement::from_sql_and_values(
+            c.get_database_backend(),
+            "UPDATE hospital_usage SET bytes = bytes + $1 \
+             WHERE hospital_id = $2 AND ($1 <= 0 \
+               OR (SELECT max_storage_bytes FROM hospitals WHERE id = $2) <= 0 \
+               OR bytes + $1 <= (SELECT max_storage_bytes FROM hospitals WHERE id = $2))",
+            vec![delta.into(), hospital_pk.into()],
+        ))
+        .await?;
+    Ok(res.rows_affected() == 1)
 }
 
 /// Recompute the counts of a series and its study from the rows, and drop

@@ -16,13 +16,16 @@ use sea_orm::{
 };
 
 mod admin;
+mod audit;
 mod instances;
+mod retention;
 mod retrieve;
 mod search;
 
 pub use search::{InstanceHit, Search, SeriesHit};
 
-pub use admin::{HospitalPatch, NewHospital, NewUser, is_conflict};
+pub use admin::{HospitalPatch, NewHospital, NewUser, Usage, is_conflict};
+pub use audit::AuditQuery;
 pub use instances::{IndexConflict, Indexed, NewInstance};
 pub use retrieve::{InstanceBlobRow, InstanceFilter, InstanceMetadataRow, SeriesRef, StudyRef};
 
@@ -35,6 +38,9 @@ pub enum DbError {
     NotFound,
     #[error("database error: {0}")]
     Db(#[from] DbErr),
+    /// The hospital has as many users as its plan allows.
+    #[error("the plan of this hospital allows {0} users")]
+    UserQuota(i32),
 }
 
 /// Milliseconds since the Unix epoch: how every time is stored.
@@ -56,11 +62,14 @@ pub struct Hospital {
     /// Public id (`default`, `hosp_…`).
     pub id: String,
     pub status: String,
+    /// Its settings, parsed.
+    pub policy: crate::policy::Policy,
 }
 
 impl From<hospital::Model> for Hospital {
     fn from(m: hospital::Model) -> Self {
         Hospital {
+            policy: crate::policy::Policy::from_stored(&m.settings),
             pk: m.id,
             id: m.hospital_id,
             status: m.status,

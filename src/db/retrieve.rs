@@ -14,7 +14,7 @@ use sea_orm::{
     QuerySelect, Statement, TransactionTrait,
 };
 
-use super::instances::recount;
+use super::instances::{charge, recount};
 use super::{DbError, HospitalDb, now_millis};
 
 /// A study this hospital may read (its own, or one shared with it), found
@@ -262,7 +262,8 @@ impl HospitalDb {
             .column(instance::Column::Id)
             .column(instance::Column::SeriesId)
             .column(instance::Column::BlobKey)
-            .into_tuple::<(i64, i64, String)>()
+            .column(instance::Column::SizeBytes)
+            .into_tuple::<(i64, i64, String, i64)>()
             .all(&txn)
             .await?;
         if victims.is_empty() {
@@ -270,11 +271,13 @@ impl HospitalDb {
             return Err(DbError::NotFound);
         }
         for chunk in victims.chunks(500) {
-            let journal = chunk.iter().map(|(_, _, key)| pending_blob::ActiveModel {
-                blob_key: Set(key.clone()),
-                created_at: Set(now),
-                ..Default::default()
-            });
+            let journal = chunk
+                .iter()
+                .map(|(_, _, key, _)| pending_blob::ActiveModel {
+                    blob_key: Set(key.clone()),
+                    created_at: Set(now),
+                    ..Default::default()
+                });
             pending_blob::Entity::insert_many(journal)
                 .on_conflict(
                     OnConflict::column(pending_blob::Column::BlobKey)
@@ -285,15 +288,17 @@ impl HospitalDb {
                 .await?;
             instance::Entity::delete_many()
                 .filter(instance::Column::HospitalId.eq(self.hospital.pk))
-                .filter(instance::Column::Id.is_in(chunk.iter().map(|(pk, _, _)| *pk)))
+                .filter(instance::Column::Id.is_in(chunk.iter().map(|(pk, _, _, _)| *pk)))
                 .exec(&txn)
                 .await?;
         }
-        let series: BTreeSet<i64> = victims.iter().map(|(_, s, _)| *s).collect();
+        let series: BTreeSet<i64> = victims.iter().map(|(_, s, _, _)| *s).collect();
         for series_pk in series {
             recount(&txn, f.study_pk, series_pk, now).await?;
         }
+        let freed: i64 = victims.iter().map(|(_, _, _, size)| size).sum();
+        charge(&txn, self.hospital.pk, -freed).await?;
         txn.commit().await?;
-        Ok(victims.into_iter().map(|(_, _, key)| key).collect())
+        Ok(victims.into_iter().map(|(_, _, key, _)| key).collect())
     }
 }

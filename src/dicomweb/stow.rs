@@ -10,6 +10,7 @@ use super::multipart::{Next, Parts};
 use super::{StudyPath, WebRoot};
 use crate::app::AppState;
 use crate::archive::{FailureReason, PartOutcome};
+use crate::audit::StoredStudies;
 use crate::auth::Tenant;
 use crate::dicom::Uid;
 use crate::error::ApiError;
@@ -129,6 +130,10 @@ fn encode(outcomes: &[PartOutcome], root: &WebRoot) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/dicom+json"),
     );
+    // For the audit trail.
+    resp.extensions_mut().insert(StoredStudies(
+        studies.iter().map(|s| s.as_str().to_owned()).collect(),
+    ));
     resp
 }
 

@@ -62,6 +62,7 @@ pub struct TestAppBuilder {
     oidc: Option<Oidc>,
     storage: Option<String>,
     s3: S3Args,
+    policy: cloudpacs::config::PolicyArgs,
 }
 
 impl TestApp {
@@ -75,6 +76,7 @@ impl TestApp {
             oidc: None,
             storage: None,
             s3: S3Args::default(),
+            policy: cloudpacs::config::PolicyArgs::default(),
         }
     }
 
@@ -232,6 +234,15 @@ impl TestAppBuilder {
         self
     }
 
+    /// `--trusted-proxies`.
+    pub fn trusted_proxies(mut self, cidrs: &[&str]) -> Self {
+        self.policy.trusted_proxies = cidrs
+            .iter()
+            .map(|c| cloudpacs::policy::parse_cidr(c).unwrap())
+            .collect();
+        self
+    }
+
     pub async fn build(self) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let config = ServeConfig {
@@ -263,6 +274,7 @@ impl TestAppBuilder {
             cors_origins: self.cors_origins,
             log_format: LogFormat::Text,
             shutdown_grace_secs: 1,
+            policy: self.policy,
         };
         let state = AppState::open(&config).await.unwrap();
         let router = app(state.clone());
@@ -433,6 +445,15 @@ pub fn part10(obj: InMemDicomObject, sop: &str) -> Vec<u8> {
     let mut out = Vec::new();
     obj.with_exact_meta(meta).write_all(&mut out).unwrap();
     out
+}
+
+/// The request as if it came from the socket peer `peer` (`ip:port`):
+/// in-process requests have no `ConnectInfo` unless a test gives one.
+pub fn from_peer(mut req: Request<Body>, peer: &str) -> Request<Body> {
+    let addr: SocketAddr = peer.parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    req
 }
 
 /// A multipart/related body of application/dicom parts.
