@@ -56,7 +56,7 @@ impl AppState {
                     config.db.data_dir.display()
                 )
             })?;
-        let db = Db::connect(&config.db.url(), config.db.db_max_connections)
+        let db = Db::connect(&config.db.url(), &config.db.pool())
             .await
             .map_err(|e| format!("cannot open the index: {e}"))?;
         db.migrate()

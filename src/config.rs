@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
@@ -33,9 +34,38 @@ pub struct DbArgs {
         global = true
     )]
     pub db_max_connections: u32,
+
+    /// Seconds to wait for a free pooled connection before a request fails (503).
+    #[arg(
+        long,
+        env = "CLOUDPACS_DB_ACQUIRE_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub db_acquire_timeout_secs: u64,
+
+    /// PostgreSQL: longest a statement may run before the server cancels it
+    /// (`statement_timeout`), in seconds; 0 = no limit. SQLite has none.
+    #[arg(
+        long,
+        env = "CLOUDPACS_DB_STATEMENT_TIMEOUT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub db_statement_timeout_secs: u64,
 }
 
 impl DbArgs {
+    /// The pool options of these arguments.
+    pub fn pool(&self) -> crate::db::PoolOptions {
+        crate::db::PoolOptions {
+            max_connections: self.db_max_connections,
+            acquire_timeout: Duration::from_secs(self.db_acquire_timeout_secs),
+            statement_timeout: (self.db_statement_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.db_statement_timeout_secs)),
+        }
+    }
+
     /// The URL to connect to.
     pub fn url(&self) -> String {
         match &self.database_url {
@@ -57,6 +87,8 @@ impl fmt::Debug for DbArgs {
                 &self.database_url.as_deref().map(redact_url),
             )
             .field("db_max_connections", &self.db_max_connections)
+            .field("db_acquire_timeout_secs", &self.db_acquire_timeout_secs)
+            .field("db_statement_timeout_secs", &self.db_statement_timeout_secs)
             .finish()
     }
 }

@@ -159,7 +159,13 @@ async fn open_db(db: &DbArgs) -> Result<Db, String> {
     tokio::fs::create_dir_all(&db.data_dir)
         .await
         .map_err(|e| e.to_string())?;
-    let conn = Db::connect(&db.url(), 2).await.map_err(|e| e.to_string())?;
+    let pool = cloudpacs::db::PoolOptions {
+        max_connections: 2,
+        ..db.pool()
+    };
+    let conn = Db::connect(&db.url(), &pool)
+        .await
+        .map_err(|e| e.to_string())?;
     conn.migrate().await.map_err(|e| e.to_string())?;
     conn.ensure_default_hospital()
         .await

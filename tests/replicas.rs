@@ -352,3 +352,32 @@ async fn a_replica_killed_mid_stow_loses_nothing_acknowledged() {
             .is_empty()
     );
 }
+
+/// `--db-statement-timeout-secs` reaches PostgreSQL: a statement running
+/// longer is cancelled by the server, and the pool stays usable.
+#[tokio::test]
+async fn statement_timeout_cancels_long_statements() {
+    let Some(url) = fresh_database().await else {
+        eprintln!("skipped: TEST_DATABASE_URL is not set");
+        return;
+    };
+    let pool = cloudpacs::db::PoolOptions {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(5),
+        statement_timeout: Some(Duration::from_millis(500)),
+    };
+    let db = cloudpacs::db::Db::connect(&url, &pool).await.unwrap();
+    let conn = db.conn();
+    let backend = conn.get_database_backend();
+    let err = conn
+        .execute_raw(Statement::from_string(backend, "SELECT pg_sleep(5)"))
+        .await
+        .expect_err("cancelled");
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    let row = conn
+        .query_one_raw(Statement::from_string(backend, "SHOW statement_timeout"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get_by_index::<String>(0).unwrap(), "500ms");
+}

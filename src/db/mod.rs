@@ -77,15 +77,29 @@ impl From<hospital::Model> for Hospital {
     }
 }
 
+/// Sizes and timeouts of the connection pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    /// How long a request waits for a free connection.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` on every connection; `None`: no limit.
+    pub statement_timeout: Option<Duration>,
+}
+
 impl Db {
     /// Connect; SQLite runs in WAL mode with full fsync on commit, so an
     /// acknowledged instance survives a crash.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+    pub async fn connect(url: &str, pool: &PoolOptions) -> Result<Self, DbError> {
         let mut opt = ConnectOptions::new(url.to_owned());
-        opt.max_connections(max_connections)
+        opt.max_connections(pool.max_connections)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(pool.acquire_timeout)
             .sqlx_logging(false);
+        if let Some(timeout) = pool.statement_timeout {
+            let ms = timeout.as_millis().to_string();
+            opt.map_sqlx_postgres_opts(move |o| o.options([("statement_timeout", ms.as_str())]));
+        }
         opt.map_sqlx_sqlite_opts(|o| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)

@@ -250,6 +250,8 @@ impl TestAppBuilder {
                 data_dir: dir.path().to_path_buf(),
                 database_url: fresh_database().await,
                 db_max_connections: 8,
+                db_acquire_timeout_secs: 30,
+                db_statement_timeout_secs: 60,
             },
             listen: "127.0.0.1:0".parse().unwrap(),
             storage: self.storage,
