@@ -233,7 +233,8 @@ def main(argv=None):
                     help="PostgreSQL server (a database cloudpacs_bench_<pid> is created and dropped)")
     ap.add_argument("--steps", default=None, help="scale steps in studies (default 1000,10000,100000)")
     ap.add_argument("--orthanc-max", type=int, default=10000, help="largest scale step for Orthanc")
-    ap.add_argument("--pg-max", type=int, default=None, help="largest scale step for cloudpacs-pg")
+    ap.add_argument("--pg-max", type=int, default=None,
+                    help="largest scale step for cloudpacs-pg (default 10000, to keep the run near 40 min)")
     ap.add_argument("--big-slices", type=int, default=None, help="slices of the big study (4000 = 2.1 GB)")
     ap.add_argument("--big-servers", default="cloudpacs,cloudpacs-pg")
     ap.add_argument("--qido-reps", type=int, default=None)
@@ -243,7 +244,7 @@ def main(argv=None):
     steps = [int(x) for x in (a.steps or ("500,2000" if q else "1000,10000,100000")).split(",")]
     big_slices = a.big_slices if a.big_slices is not None else (200 if q else 4000)
     qreps = a.qido_reps or (15 if q else 60)
-    pg_max = a.pg_max if a.pg_max is not None else max(steps)
+    pg_max = a.pg_max if a.pg_max is not None else min(max(steps), 10000)
     phases = a.phases.split(",")
 
     log("dataset: %s" % a.data)

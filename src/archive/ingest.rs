@@ -3,7 +3,7 @@
 //! failure at any step leaves nothing visible and nothing leaked.
 
 use crate::db::{HospitalDb, IndexConflict, Indexed, NewInstance};
-use crate::dicom::{InspectError, Uid, inspect_file};
+use crate::dicom::{InspectError, Inspected, Uid, inspect_file};
 use crate::store::{BlobKey, SpoolFile};
 
 use super::Archive;
@@ -206,6 +206,235 @@ impl Archive {
                 self.discard_blob(&key).await;
                 fail(FailureReason::ProcessingFailure, "the index is unavailable")
             }
+        }
+    }
+}
+
+/// An instance of a batch that passed inspection and the retry check.
+struct Pending {
+    slot: usize,
+    inspected: Inspected,
+    stored: StoredInstance,
+    key: BlobKey,
+    size_bytes: i64,
+    sha256: String,
+}
+
+fn failed_for(stored: &StoredInstance, reason: FailureReason, comment: &str) -> PartOutcome {
+    PartOutcome::Failed(FailedInstance {
+        sop_class_uid: Some(stored.sop_class_uid.clone()),
+        sop_instance_uid: Some(stored.sop_instance_uid.clone()),
+        reason,
+        comment: comment.to_owned(),
+    })
+}
+
+impl Archive {
+    /// Store the received parts of one request together: the same steps and
+    /// outcomes as [`Archive::ingest`] part by part, but the blob journal is
+    /// one insert, the blobs are made durable together and the index is
+    /// written in one transaction, so a batch costs a few fsyncs instead of
+    /// four per instance. One outcome per file, in order.
+    pub async fn ingest_many(
+        &self,
+        scope: &HospitalDb,
+        files: Vec<SpoolFile>,
+        expected_study: Option<&Uid>,
+    ) -> Vec<PartOutcome> {
+        use futures_util::{StreamExt, stream};
+
+        let mut outcomes: Vec<Option<PartOutcome>> = (0..files.len()).map(|_| None).collect();
+        // Inspection is CPU work: on the blocking pool, two at a time.
+        let paths: Vec<std::path::PathBuf> = files.iter().map(|f| f.path().to_owned()).collect();
+        let inspected: Vec<Result<Inspected, PartOutcome>> = stream::iter(paths)
+            .map(|path| async move {
+                match tokio::task::spawn_blocking(move || inspect_file(&path)).await {
+                    Ok(Ok(i)) => Ok(i),
+                    Ok(Err(e)) => Err(PartOutcome::failed(FailureReason::from(&e), e.to_string())),
+                    Err(_) => Err(PartOutcome::failed(
+                        FailureReason::CannotUnderstand,
+                        "the data set cannot be parsed",
+                    )),
+                }
+            })
+            .buffered(2)
+            .collect()
+            .await;
+
+        let mut pending = Vec::new();
+        let mut spooled = Vec::new();
+        for (slot, (file, inspected)) in files.into_iter().zip(inspected).enumerate() {
+            let inspected = match inspected {
+                Ok(i) => i,
+                Err(outcome) => {
+                    outcomes[slot] = Some(outcome);
+                    continue;
+                }
+            };
+            let stored = StoredInstance {
+                sop_class_uid: inspected.sop_class_uid.clone(),
+                sop_instance_uid: inspected.sop_instance_uid.clone(),
+                study_uid: inspected.study_uid.clone(),
+                series_uid: inspected.series_uid.clone(),
+            };
+            if let Some(expected) = expected_study
+                && *expected != inspected.study_uid
+            {
+                outcomes[slot] = Some(failed_for(
+                    &stored,
+                    FailureReason::StudyConflict,
+                    "StudyInstanceUID does not match the study of the request URL",
+                ));
+                continue;
+            }
+            // A retry of an instance already stored: nothing to write.
+            match scope
+                .instance_sha256(inspected.sop_instance_uid.as_str())
+                .await
+            {
+                Ok(Some(sha)) if sha == file.sha256 => {
+                    outcomes[slot] = Some(PartOutcome::Stored(stored));
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "index lookup failed during ingest");
+                    outcomes[slot] = Some(failed_for(
+                        &stored,
+                        FailureReason::ProcessingFailure,
+                        "the index is unavailable",
+                    ));
+                    continue;
+                }
+            }
+            let key = BlobKey::new_instance(
+                &scope.hospital().id,
+                &stored.study_uid,
+                &stored.series_uid,
+                &stored.sop_instance_uid,
+            );
+            pending.push(Pending {
+                slot,
+                inspected,
+                stored,
+                key: key.clone(),
+                size_bytes: file.size as i64,
+                sha256: file.sha256.clone(),
+            });
+            spooled.push((key, file));
+        }
+        if !pending.is_empty() {
+            self.store_and_index(scope, pending, spooled, &mut outcomes)
+                .await;
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    PartOutcome::failed(FailureReason::ProcessingFailure, "not processed")
+                })
+            })
+            .collect()
+    }
+
+    async fn store_and_index(
+        &self,
+        scope: &HospitalDb,
+        pending: Vec<Pending>,
+        spooled: Vec<(BlobKey, SpoolFile)>,
+        outcomes: &mut [Option<PartOutcome>],
+    ) {
+        let keys: Vec<&str> = pending.iter().map(|p| p.key.as_str()).collect();
+        if let Err(e) = self.db.add_pending_blobs(&keys).await {
+            tracing::error!(error = %e, "could not journal blobs");
+            for p in &pending {
+                outcomes[p.slot] = Some(failed_for(
+                    &p.stored,
+                    FailureReason::ProcessingFailure,
+                    "the index is unavailable",
+                ));
+            }
+            return;
+        }
+        let put = self.store.put_many(spooled).await;
+        let mut written = Vec::with_capacity(pending.len());
+        for (p, result) in pending.into_iter().zip(put) {
+            match result {
+                Ok(()) => written.push(p),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not store a blob");
+                    self.discard_blob(&p.key).await;
+                    outcomes[p.slot] = Some(failed_for(
+                        &p.stored,
+                        FailureReason::ProcessingFailure,
+                        "the blob store is unavailable",
+                    ));
+                }
+            }
+        }
+        let news: Vec<NewInstance<'_>> = written
+            .iter()
+            .map(|p| NewInstance {
+                inspected: &p.inspected,
+                blob_key: p.key.as_str().to_owned(),
+                size_bytes: p.size_bytes,
+                sha256: p.sha256.clone(),
+            })
+            .collect();
+        let indexed = scope.index_instances(&news, self.duplicate_policy).await;
+        drop(news);
+        let results: Vec<_> = match indexed {
+            Ok(results) => results.into_iter().map(Some).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not index a batch of instances");
+                (0..written.len()).map(|_| None).collect()
+            }
+        };
+        for (p, result) in written.into_iter().zip(results) {
+            let outcome = match result {
+                Some(Ok(Ok(Indexed::Stored))) => PartOutcome::Stored(p.stored),
+                Some(Ok(Ok(Indexed::Identical))) => {
+                    self.discard_blob(&p.key).await;
+                    PartOutcome::Stored(p.stored)
+                }
+                Some(Ok(Ok(Indexed::Replaced { old_blob }))) => {
+                    self.discard_blob(&BlobKey::from_stored(old_blob)).await;
+                    PartOutcome::Stored(p.stored)
+                }
+                Some(Ok(Err(conflict))) => {
+                    self.discard_blob(&p.key).await;
+                    match conflict {
+                        IndexConflict::SeriesInOtherStudy => failed_for(
+                            &p.stored,
+                            FailureReason::StudyConflict,
+                            "the series already belongs to another study",
+                        ),
+                        IndexConflict::DifferentObject => failed_for(
+                            &p.stored,
+                            FailureReason::DuplicateInstance,
+                            "a different object is already stored under this SOP Instance UID",
+                        ),
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "could not index an instance");
+                    self.discard_blob(&p.key).await;
+                    failed_for(
+                        &p.stored,
+                        FailureReason::ProcessingFailure,
+                        "the index is unavailable",
+                    )
+                }
+                None => {
+                    self.discard_blob(&p.key).await;
+                    failed_for(
+                        &p.stored,
+                        FailureReason::ProcessingFailure,
+                        "the index is unavailable",
+                    )
+                }
+            };
+            outcomes[p.slot] = Some(outcome);
         }
     }
 }

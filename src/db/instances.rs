@@ -99,7 +99,7 @@ impl HospitalDb {
         }
     }
 
-    async fn index_in(
+    pub(super) async fn index_in(
         &self,
         txn: &DatabaseTransaction,
         new: &NewInstance<'_>,
