@@ -249,6 +249,10 @@ def main(path):
     row("RSS at the end MiB", lambda s: g(S, s, "rss_end_mib"), False)
     row("blob/storage folder (MB allocated)", lambda s: mb(g(S, s, "disk", "storage", "allocated_bytes") or g(S, s, "disk", "blobs", "allocated_bytes")), False)
     row("index (MB: SQLite files / pg_database_size)", lambda s: mb(g(S, s, "disk", "index", "allocated_bytes")), False)
+    w("\nThe disk rows hold different amounts of data, so their ratios do not compare like with "
+      "like: " + "; ".join("%s %s files" % (s, "{:,}".format(
+          g(S, s, "disk", "storage", "files") or g(S, s, "disk", "blobs", "files") or 0)) for s in have) +
+      " (Orthanc: clinical set + scale up to its last step; cloudpacs: also the big study).")
     bs = {s: g(P, "big_stow", s) for s in have if g(P, "big_stow", s)}
     if bs:
         w("\nBig STOW: " + "; ".join("%s %s GB, HTTP %s, %s instances stored" % (
