@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use cloudpacs::auth::Role;
 use cloudpacs::config::{DbArgs, LogFormat, ServeConfig};
@@ -368,9 +369,17 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         ))
     });
 
+    // TCP_NODELAY: responses are streamed in several writes (chunked JSON
+    // arrays, multipart parts); with Nagle on, every write after the first
+    // waits for the client's delayed ACK (~40 ms on Linux).
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
     tracing::info!(listen = %config.listen, "serving DICOMweb at /dicom-web");
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let server = axum::serve(

@@ -364,8 +364,11 @@ async fn the_index_transaction_enforces_the_quota_itself() {
                 sha256: format!("{n:064}"),
             };
             scope
-                .index_instance(&new, DuplicatePolicy::Reject)
+                .index_instances(std::slice::from_ref(&new), DuplicatePolicy::Reject)
                 .await
+                .unwrap()
+                .pop()
+                .unwrap()
                 .unwrap()
         }
     };

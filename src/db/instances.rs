@@ -12,7 +12,7 @@ use entity::{instance, pending_blob, series, study};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
-    EntityTrait, QueryFilter, SqlErr, Statement, TransactionTrait,
+    EntityTrait, QueryFilter, Statement,
 };
 use serde_json::{Map, Value};
 
@@ -77,40 +77,7 @@ impl HospitalDb {
         Ok((max > 0).then_some(max - bytes))
     }
 
-    /// Index an instance whose blob is stored. A unique-key race with a
-    /// concurrent ingest of the same UIDs is retried once: the second
-    /// attempt sees the winner's rows.
-    pub async fn index_instance(
-        &self,
-        new: &NewInstance<'_>,
-        policy: DuplicatePolicy,
-    ) -> Result<Result<Indexed, IndexConflict>, DbError> {
-        let mut attempt = 0;
-        loop {
-            let txn = self.db.conn().begin().await?;
-            match self.index_in(&txn, new, policy).await {
-                Ok(Ok(outcome)) => {
-                    txn.commit().await?;
-                    return Ok(Ok(outcome));
-                }
-                Ok(Err(conflict)) => {
-                    txn.rollback().await?;
-                    return Ok(Err(conflict));
-                }
-                Err(e) => {
-                    let _ = txn.rollback().await;
-                    let unique = matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)));
-                    if unique && attempt == 0 {
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-    }
-
-    async fn index_in(
+    pub(super) async fn index_in(
         &self,
         txn: &DatabaseTransaction,
         new: &NewInstance<'_>,

@@ -17,6 +17,7 @@ use sea_orm::{
 
 mod admin;
 mod audit;
+mod batch;
 mod instances;
 mod retention;
 mod retrieve;
@@ -187,6 +188,23 @@ impl Db {
         pending_blob::Entity::insert(am)
             .exec_without_returning(&self.conn)
             .await?;
+        Ok(())
+    }
+
+    /// Record several blobs about to be written, in one transaction.
+    pub async fn add_pending_blobs(&self, keys: &[&str]) -> Result<(), DbError> {
+        use entity::pending_blob;
+        let now = now_millis();
+        for chunk in keys.chunks(500) {
+            let rows = chunk.iter().map(|key| pending_blob::ActiveModel {
+                blob_key: Set((*key).to_owned()),
+                created_at: Set(now),
+                ..Default::default()
+            });
+            pending_blob::Entity::insert_many(rows)
+                .exec_without_returning(&self.conn)
+                .await?;
+        }
         Ok(())
     }
 

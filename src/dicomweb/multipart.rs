@@ -10,7 +10,7 @@
 //! reported as a failed part: a part is never lost silently.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
@@ -90,6 +90,60 @@ pub struct Parts {
     broken: bool,
     /// Delimiter lines seen in the raw body so far.
     delimiters: Arc<AtomicUsize>,
+    /// Open: multer may read one more chunk of the body (see [`OnDemand`]).
+    gate: Arc<AtomicBool>,
+}
+
+/// The body as multer sees it: one chunk each time multer ran out of data.
+///
+/// multer reads its input until the input is pending, and a client on a
+/// fast link keeps it ready, so multer buffered most of a large request in
+/// memory (RSS ~ the body: 0.4 GB for a 0.5 GB STOW) while the parts were
+/// being written to disk. Here the body is pending until the gate opens, and
+/// [`fed`] opens it only when multer had nothing to return: the buffer stays
+/// at about a chunk.
+struct OnDemand<S> {
+    inner: std::pin::Pin<Box<S>>,
+    gate: Arc<AtomicBool>,
+}
+
+impl<S, E> futures_util::Stream for OnDemand<S>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>>,
+{
+    type Item = Result<bytes::Bytes, E>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if !self.gate.swap(false, Ordering::AcqRel) {
+            // closed: `fed` wakes the task when multer needs more
+            return std::task::Poll::Pending;
+        }
+        let polled = self.inner.as_mut().poll_next(cx);
+        if polled.is_pending() {
+            // nothing yet: stay open, the body's own waker wakes the task
+            self.gate.store(true, Ordering::Release);
+        }
+        polled
+    }
+}
+
+/// Run a multer future, opening the gate of [`OnDemand`] (and polling
+/// again) whenever it is pending for want of data.
+async fn fed<F: std::future::Future>(gate: &AtomicBool, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(v),
+        std::task::Poll::Pending => {
+            if !gate.swap(true, Ordering::AcqRel) {
+                cx.waker().wake_by_ref();
+            }
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Counts occurrences of `CRLF--boundary` in a byte stream, across chunk
@@ -148,8 +202,14 @@ impl Parts {
             }
             chunk
         });
+        let gate = Arc::new(AtomicBool::new(true));
+        let stream = OnDemand {
+            inner: Box::pin(stream),
+            gate: gate.clone(),
+        };
         let multipart = Multipart::with_constraints(stream, related.boundary, constraints);
         Ok(Parts {
+            gate,
             multipart,
             limit,
             seen: 0,
@@ -163,7 +223,8 @@ impl Parts {
         if self.broken {
             return Ok(Next::End);
         }
-        let mut field = match self.multipart.next_field().await {
+        let gate = self.gate.clone();
+        let mut field = match fed(&gate, self.multipart.next_field()).await {
             Ok(Some(field)) => field,
             Ok(None) => return self.end(),
             Err(multer::Error::StreamSizeExceeded { .. }) => {
@@ -187,7 +248,7 @@ impl Parts {
             .is_none_or(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"));
         let mut writer = spool.create().await.map_err(ApiError::internal)?;
         loop {
-            match field.chunk().await {
+            match fed(&gate, field.chunk()).await {
                 Ok(Some(chunk)) => {
                     if media_ok {
                         writer.write(&chunk).await.map_err(ApiError::internal)?;

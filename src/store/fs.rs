@@ -5,10 +5,11 @@
 //! it to its key and fsyncs the folder, so an acknowledged blob survives a
 //! crash and a half-written one is never under its key.
 
+use std::collections::BTreeSet;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt, stream};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
@@ -52,6 +53,35 @@ impl FsStore {
     }
 }
 
+/// Files fsynced at the same time by [`FsStore::put_many`].
+const SYNC_CONCURRENCY: usize = 16;
+
+/// Move a spool file to `dest` durably (blocking): into a temporary file of
+/// the blob folder (a rename, or a copy across file systems), fsync, rename.
+/// The caller fsyncs `dest`'s folder.
+fn place(root: &Path, src: &Path, dest: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = root
+        .join(".tmp")
+        .join(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
+    if std::fs::rename(src, &tmp).is_err() {
+        let copied = std::fs::copy(src, &tmp);
+        let _ = std::fs::remove_file(src);
+        copied?;
+    }
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, dest));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     tokio::fs::File::open(dir).await?.sync_all().await
 }
@@ -88,6 +118,59 @@ impl BlobStore for FsStore {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
         Ok(result?)
+    }
+
+    async fn put_many(&self, items: Vec<(BlobKey, SpoolFile)>) -> Vec<Result<(), StoreError>> {
+        // Each file is moved, fsynced and renamed into place on the blocking
+        // pool, several at a time: concurrent fsyncs share the file system's
+        // journal commits. Then every folder that received a file is fsynced
+        // once.
+        let root = self.root.clone();
+        let placed: Vec<Result<PathBuf, StoreError>> = stream::iter(items)
+            .map(|(key, file)| {
+                let root = root.clone();
+                async move {
+                    let dest = key.path_under(&root);
+                    let src = file.take_path();
+                    tokio::task::spawn_blocking(move || place(&root, &src, &dest).map(|()| dest))
+                        .await
+                        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+                        .map_err(StoreError::from)
+                }
+            })
+            .buffered(SYNC_CONCURRENCY)
+            .collect()
+            .await;
+        let folders: BTreeSet<PathBuf> = placed
+            .iter()
+            .filter_map(|p| p.as_ref().ok()?.parent().map(Path::to_path_buf))
+            .collect();
+        let failed: BTreeSet<PathBuf> = stream::iter(folders)
+            .map(|dir| async move {
+                let synced = tokio::task::spawn_blocking({
+                    let dir = dir.clone();
+                    move || std::fs::File::open(&dir)?.sync_all()
+                })
+                .await;
+                match synced {
+                    Ok(Ok(())) => None,
+                    _ => Some(dir),
+                }
+            })
+            .buffer_unordered(SYNC_CONCURRENCY)
+            .filter_map(|d| async move { d })
+            .collect()
+            .await;
+        placed
+            .into_iter()
+            .map(|p| match p {
+                Ok(dest) if dest.parent().is_some_and(|d| failed.contains(d)) => Err(
+                    StoreError::Io(std::io::Error::other("could not sync the blob's folder")),
+                ),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            })
+            .collect()
     }
 
     async fn get(&self, key: &BlobKey) -> Result<ByteStream, StoreError> {

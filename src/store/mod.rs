@@ -81,6 +81,17 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Store a spooled file under `key`, durably: when this returns, the blob
     /// survives a crash. The spool file is consumed.
     async fn put(&self, key: &BlobKey, file: SpoolFile) -> Result<(), StoreError>;
+    /// Store several spooled files, each as [`BlobStore::put`] does; one
+    /// result per item, in order. Stores override it to make the lot
+    /// durable together (the local folder fsyncs them concurrently, so a
+    /// batch costs about one journal commit instead of one per file).
+    async fn put_many(&self, items: Vec<(BlobKey, SpoolFile)>) -> Vec<Result<(), StoreError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (key, file) in items {
+            out.push(self.put(&key, file).await);
+        }
+        out
+    }
     /// The whole blob, streamed.
     async fn get(&self, key: &BlobKey) -> Result<ByteStream, StoreError>;
     /// `length` bytes starting at `offset`, streamed.
