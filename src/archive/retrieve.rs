@@ -14,7 +14,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 
 use super::Archive;
-use crate::db::{DbError, HospitalDb, InstanceFilter, SeriesRef, StudyRef};
+use crate::db::{DbError, HospitalDb, InstanceFilter, InstanceLayout, SeriesRef, StudyRef};
 use crate::store::{BlobKey, ByteStream, StoreError};
 
 /// Rows read from the index per query when streaming a study or series.
@@ -371,7 +371,7 @@ impl Archive {
         study: &str,
         series: &str,
         sop: &str,
-    ) -> Result<entity::instance::Model, RetrieveError> {
+    ) -> Result<InstanceLayout, RetrieveError> {
         let study: StudyRef = scope.find_study(study).await.map_err(not_found)?;
         let series: SeriesRef = scope.find_series(&study, series).await.map_err(not_found)?;
         scope
@@ -432,7 +432,7 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or_default()
 }
 
-fn frame_index(instance: &entity::instance::Model) -> Result<Vec<Ranges>, RetrieveError> {
+fn frame_index(instance: &InstanceLayout) -> Result<Vec<Ranges>, RetrieveError> {
     let text = instance
         .frames
         .as_deref()

@@ -28,7 +28,9 @@ pub use search::{InstanceHit, Search, SeriesHit};
 pub use admin::{HospitalPatch, NewHospital, NewUser, Usage, is_conflict};
 pub use audit::AuditQuery;
 pub use instances::{IndexConflict, Indexed, NewInstance};
-pub use retrieve::{InstanceBlobRow, InstanceFilter, InstanceMetadataRow, SeriesRef, StudyRef};
+pub use retrieve::{
+    InstanceBlobRow, InstanceFilter, InstanceLayout, InstanceMetadataRow, SeriesRef, StudyRef,
+};
 
 /// The id of the hospital created on an empty index.
 pub const DEFAULT_HOSPITAL: &str = "default";

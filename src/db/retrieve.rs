@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use entity::{instance, pending_blob, series, study};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 
 use super::instances::{charge, recount};
@@ -63,6 +63,22 @@ pub struct InstanceMetadataRow {
     pub sop_uid: String,
     /// The stored DICOM JSON text (relative BulkDataURIs).
     pub metadata: String,
+}
+
+/// Where an instance's bytes are: what frame, bulk data and instance
+/// reads need, without its metadata JSON (which can be hundreds of KB for
+/// an enhanced multi-frame instance and is not read per frame).
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct InstanceLayout {
+    pub id: i64,
+    pub transfer_syntax: String,
+    pub blob_key: String,
+    pub pixel_data_offset: Option<i64>,
+    pub pixel_data_length: Option<i64>,
+    /// JSON: per frame, the list of `[offset, length]` byte ranges.
+    pub frames: Option<String>,
+    /// JSON: bulk data path -> `[offset, length]`.
+    pub bulk: String,
 }
 
 impl HospitalDb {
@@ -139,14 +155,26 @@ impl HospitalDb {
         study: &StudyRef,
         series: &SeriesRef,
         sop_uid: &str,
-    ) -> Result<instance::Model, DbError> {
+    ) -> Result<InstanceLayout, DbError> {
+        use instance::Column as C;
         self.instances_of(InstanceFilter {
             hospital_pk: study.hospital_pk,
             study_pk: study.pk,
             series_pk: Some(series.pk),
             instance_pk: None,
         })
-        .filter(instance::Column::SopUid.eq(sop_uid))
+        .filter(C::SopUid.eq(sop_uid))
+        .select_only()
+        .columns([
+            C::Id,
+            C::TransferSyntax,
+            C::BlobKey,
+            C::PixelDataOffset,
+            C::PixelDataLength,
+            C::Frames,
+            C::Bulk,
+        ])
+        .into_model::<InstanceLayout>()
         .one(self.db.conn())
         .await?
         .ok_or(DbError::NotFound)
