@@ -77,11 +77,15 @@ impl HospitalDb {
         Ok((max > 0).then_some(max - bytes))
     }
 
+    /// Index one instance in `txn`. The (study, series) pairs whose counts
+    /// it changed are added to `touched`: the caller recounts them (once
+    /// per batch) before committing.
     pub(super) async fn index_in(
         &self,
         txn: &DatabaseTransaction,
         new: &NewInstance<'_>,
         policy: DuplicatePolicy,
+        touched: &mut Vec<(i64, i64)>,
     ) -> Result<Result<Indexed, IndexConflict>, sea_orm::DbErr> {
         let h = self.hospital.pk;
         let ins = new.inspected;
@@ -217,7 +221,7 @@ impl HospitalDb {
                 fill(&mut am);
                 am.update(txn).await?;
                 if old.series_id != series_row.id {
-                    recount(txn, old.study_id, old.series_id, now).await?;
+                    touched.push((old.study_id, old.series_id));
                 }
                 (
                     new.size_bytes - old.size_bytes,
@@ -244,7 +248,7 @@ impl HospitalDb {
             .filter(pending_blob::Column::BlobKey.eq(new.blob_key.as_str()))
             .exec(txn)
             .await?;
-        recount(txn, study_pk, series_row.id, now).await?;
+        touched.push((study_pk, series_row.id));
         Ok(Ok(outcome))
     }
 }
