@@ -28,11 +28,19 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release --quiet
 fi
 quick=0
-for a in "$@"; do [ "$a" = --quick ] && quick=1; done
+user_out=
+prev=
+for a in "$@"; do
+    [ "$a" = --quick ] && quick=1
+    [ "$prev" = --out ] && user_out=$a
+    prev=$a
+done
 mkdir -p target/bench
 out=target/bench/results.json
 md=bench/RESULTS.md
 if [ $quick = 1 ]; then out=target/bench/results-quick.json; md=target/bench/RESULTS-quick.md; fi
+# --out FILE.json: the report goes beside it, as FILE.md
+if [ -n "$user_out" ]; then out=$user_out; md=${user_out%.json}.md; fi
 df -h /tmp | tail -1 >&2
 BENCH_COMMAND="bench/run.sh $*" python3 bench/run.py --bin "$CARGO_TARGET_DIR/release/cloudpacs" --out "$out" "$@"
 python3 bench/report.py "$out" > "$md"
