@@ -70,13 +70,19 @@ impl Provider {
     }
 
     fn token(&self, key: &RsaKey, kid: &str) -> String {
-        let now = chrono::Utc::now().timestamp();
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(kid.into());
-        let claims = json!({"iss": self.issuer, "aud": AUDIENCE, "sub": "dr-who", "exp": now + 600,
-                            "nbf": now - 10, "hospital": "default", "roles": ["reader"]});
-        encode(&header, &claims, &key.encoding).unwrap()
+        token(&self.issuer, key, kid)
     }
+}
+
+/// A reader token of hospital `default` from `issuer`, signed with `key`
+/// and naming `kid`.
+fn token(issuer: &str, key: &RsaKey, kid: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    let claims = json!({"iss": issuer, "aud": AUDIENCE, "sub": "dr-who", "exp": now + 600,
+                        "nbf": now - 10, "hospital": "default", "roles": ["reader"]});
+    encode(&header, &claims, &key.encoding).unwrap()
 }
 
 fn key_set(keys: &[&RsaKey]) -> Value {
@@ -187,12 +193,7 @@ async fn a_provider_that_is_down_refuses_its_tokens_but_not_the_server() {
         .oidc_remote(&issuer, AUDIENCE, None, 0)
         .build()
         .await;
-    let now = chrono::Utc::now().timestamp();
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("k1".into());
-    let claims = json!({"iss": issuer, "aud": AUDIENCE, "sub": "x", "exp": now + 600,
-                        "hospital": "default", "roles": ["reader"]});
-    let token = encode(&header, &claims, &k1.encoding).unwrap();
+    let token = token(&issuer, &k1, "k1");
     assert_eq!(studies_status(&app, &token).await, StatusCode::UNAUTHORIZED);
     // API keys still work
     let req = Request::get("/dicom-web/studies")

@@ -122,8 +122,8 @@ fn failed_for(stored: &StoredInstance, reason: FailureReason, comment: &str) -> 
 }
 
 impl Archive {
-    /// Store the received parts of one request together: the same steps and
-    /// outcomes as [`Archive::ingest`] part by part, but the blob journal is
+    /// Store received parts of one request together: each is inspected and
+    /// checked (URL study, retry, quota) on its own, but the blob journal is
     /// one insert, the blobs are made durable together and the index is
     /// written in one transaction, so a batch costs a few fsyncs instead of
     /// four per instance. One outcome per file, in order.
@@ -166,6 +166,12 @@ impl Archive {
                 ];
             }
         };
+        let sop_uids: Vec<&str> = inspected
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .map(|i| i.sop_instance_uid.as_str())
+            .collect();
+        let already = scope.stored_instances(&sop_uids).await;
         let mut pending = Vec::new();
         let mut spooled = Vec::new();
         for (slot, (file, inspected)) in files.into_iter().zip(inspected).enumerate() {
@@ -193,15 +199,14 @@ impl Archive {
                 continue;
             }
             // A retry of an instance already stored: nothing to write.
-            let replaced_size = match scope
-                .stored_instance(inspected.sop_instance_uid.as_str())
-                .await
-            {
-                Ok(Some((sha, _))) if sha == file.sha256 => {
-                    outcomes[slot] = Some(PartOutcome::Stored(stored));
-                    continue;
-                }
-                Ok(found) => found.map_or(0, |(_, size)| size),
+            let replaced_size = match &already {
+                Ok(found) => match found.get(inspected.sop_instance_uid.as_str()) {
+                    Some((sha, _)) if *sha == file.sha256 => {
+                        outcomes[slot] = Some(PartOutcome::Stored(stored));
+                        continue;
+                    }
+                    found => found.map_or(0, |(_, size)| *size),
+                },
                 Err(e) => {
                     tracing::error!(error = %e, "index lookup failed during ingest");
                     outcomes[slot] = Some(failed_for(
@@ -303,8 +308,15 @@ impl Archive {
             .collect();
         let indexed = scope.index_instances(&news, self.duplicate_policy).await;
         drop(news);
+        // Per instance: its index outcome, or None when it was not indexed.
         let results: Vec<_> = match indexed {
-            Ok(results) => results.into_iter().map(Some).collect(),
+            Ok(results) => results
+                .into_iter()
+                .map(|r| {
+                    r.inspect_err(|e| tracing::error!(error = %e, "could not index an instance"))
+                        .ok()
+                })
+                .collect(),
             Err(e) => {
                 tracing::error!(error = %e, "could not index a batch of instances");
                 (0..written.len()).map(|_| None).collect()
@@ -312,16 +324,16 @@ impl Archive {
         };
         for (p, result) in written.into_iter().zip(results) {
             let outcome = match result {
-                Some(Ok(Ok(Indexed::Stored))) => PartOutcome::Stored(p.stored),
-                Some(Ok(Ok(Indexed::Identical))) => {
+                Some(Ok(Indexed::Stored)) => PartOutcome::Stored(p.stored),
+                Some(Ok(Indexed::Identical)) => {
                     self.discard_blob(&p.key).await;
                     PartOutcome::Stored(p.stored)
                 }
-                Some(Ok(Ok(Indexed::Replaced { old_blob }))) => {
+                Some(Ok(Indexed::Replaced { old_blob })) => {
                     self.discard_blob(&BlobKey::from_stored(old_blob)).await;
                     PartOutcome::Stored(p.stored)
                 }
-                Some(Ok(Err(conflict))) => {
+                Some(Err(conflict)) => {
                     self.discard_blob(&p.key).await;
                     match conflict {
                         IndexConflict::SeriesInOtherStudy => failed_for(
@@ -338,15 +350,6 @@ impl Archive {
                             failed_for(&p.stored, FailureReason::OutOfResources, QUOTA_EXCEEDED)
                         }
                     }
-                }
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "could not index an instance");
-                    self.discard_blob(&p.key).await;
-                    failed_for(
-                        &p.stored,
-                        FailureReason::ProcessingFailure,
-                        "the index is unavailable",
-                    )
                 }
                 None => {
                     self.discard_blob(&p.key).await;

@@ -8,11 +8,13 @@
 //! so two ingests into one study are serialized and the recomputed counts
 //! are exact.
 
+use std::collections::HashMap;
+
 use entity::{instance, pending_blob, series, study};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
-    EntityTrait, QueryFilter, Statement,
+    EntityTrait, QueryFilter, QuerySelect, Statement,
 };
 use serde_json::{Map, Value};
 
@@ -58,15 +60,32 @@ fn json_text(map: &Map<String, Value>) -> String {
 }
 
 impl HospitalDb {
-    /// The stored SHA-256 and size of an instance, if any (cheap pre-checks
-    /// for retried uploads and for the quota).
-    pub async fn stored_instance(&self, sop_uid: &str) -> Result<Option<(String, i64)>, DbError> {
-        Ok(instance::Entity::find()
+    /// The stored SHA-256 and size of those of `sop_uids` already stored,
+    /// by SOP Instance UID (cheap pre-checks for retried uploads and for
+    /// the quota): one query for a batch, without the metadata column.
+    pub async fn stored_instances(
+        &self,
+        sop_uids: &[&str],
+    ) -> Result<HashMap<String, (String, i64)>, DbError> {
+        if sop_uids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, String, i64)> = instance::Entity::find()
+            .select_only()
+            .columns([
+                instance::Column::SopUid,
+                instance::Column::Sha256,
+                instance::Column::SizeBytes,
+            ])
             .filter(instance::Column::HospitalId.eq(self.hospital.pk))
-            .filter(instance::Column::SopUid.eq(sop_uid))
-            .one(self.db.conn())
-            .await?
-            .map(|i| (i.sha256, i.size_bytes)))
+            .filter(instance::Column::SopUid.is_in(sop_uids.iter().copied()))
+            .into_tuple()
+            .all(self.db.conn())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(sop, sha, size)| (sop, (sha, size)))
+            .collect())
     }
 
     /// Bytes this hospital may still store; `None`: no quota. Advisory (a
