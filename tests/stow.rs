@@ -452,6 +452,42 @@ async fn a_series_cannot_move_to_another_study() {
 }
 
 #[tokio::test]
+async fn a_series_cannot_span_two_studies_in_one_request() {
+    let app = TestApp::new().await;
+    let other = Synth::new(
+        "1.2.826.0.1.3680043.8.498.9",
+        SERIES,
+        "1.2.826.0.1.3680043.8.498.9.1",
+    );
+    let (status, resp) = app
+        .stow(
+            "/dicom-web/studies",
+            multipart(&[synth(1).bytes(), other.bytes(), synth(2).bytes()]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    assert_eq!(failure_reasons(&resp), vec![0xA900]);
+    assert_eq!(referenced(&resp).len(), 2);
+    assert_eq!(app.instance_count().await, 2);
+    assert_eq!(app.blob_files().len(), 2);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) AS n FROM studies").await,
+        1,
+        "no empty study left behind"
+    );
+    assert_eq!(
+        app.scalar("SELECT CAST(number_of_instances AS BIGINT) AS n FROM studies")
+            .await,
+        2
+    );
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
+        0,
+        "every journal entry closed"
+    );
+}
+
+#[tokio::test]
 async fn identical_resend_is_a_noop_and_a_different_object_is_rejected() {
     let app = TestApp::new().await;
     let first = synth(1).bytes();

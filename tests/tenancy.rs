@@ -368,6 +368,16 @@ async fn sharing_makes_a_study_visible_read_only_and_revoking_hides_it() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(meta[0]["0020000D"]["Value"][0], SA);
+    // … at every level: series, instance, frame
+    let series = format!("/dicom-web/studies/{SA}/series/{SA}.1");
+    let instance = format!("{series}/instances/{SA}.1.1");
+    let (status, meta, _) = call(app, "GET", &format!("{series}/metadata"), Some(&b), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(meta[0]["00080018"]["Value"][0], format!("{SA}.1.1"));
+    let (status, meta, _) = call(app, "GET", &format!("{instance}/metadata"), Some(&b), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(meta[0]["0020000E"]["Value"][0], format!("{SA}.1"));
+    assert_eq!(frame_status(app, &instance, &b).await, StatusCode::OK);
     let (status, _, _) = call(
         app,
         "DELETE",
@@ -431,7 +441,30 @@ async fn sharing_makes_a_study_visible_read_only_and_revoking_hides_it() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "revoked in WADO too");
+    assert_eq!(
+        frame_status(app, &instance, &b).await,
+        StatusCode::NOT_FOUND,
+        "revoked for frames too"
+    );
+    assert_eq!(
+        frame_status(app, &instance, &bearer(&app.key)).await,
+        StatusCode::OK,
+        "the owner still reads its frames"
+    );
     assert_eq!(app.instance_count().await, 2, "the owner's study is intact");
+}
+
+/// The status of a GET of frame 1 of `instance` (a path).
+async fn frame_status(app: &TestApp, instance: &str, auth: &str) -> StatusCode {
+    let req = Request::get(format!("{instance}/frames/1"))
+        .header("authorization", auth)
+        .header(
+            "accept",
+            "multipart/related; type=application/octet-stream; transfer-syntax=*",
+        )
+        .body(Body::empty())
+        .unwrap();
+    app.request_raw(req).await.status()
 }
 
 #[tokio::test]

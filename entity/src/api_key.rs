@@ -20,6 +20,19 @@ pub struct Model {
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::hospital::Entity",
+        from = "Column::HospitalId",
+        to = "super::hospital::Column::Id"
+    )]
+    Hospital,
+}
+
+impl Related<super::hospital::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Hospital.def()
+    }
+}
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -54,7 +54,7 @@ impl Archive {
     /// Delete a blob the index does not reference, keeping it journaled
     /// until it is gone so a crash cannot leak it.
     async fn discard_blob(&self, key: &BlobKey) {
-        // Already journaled when this ingest wrote it; a no-op error then.
+        // (already journaled when this ingest wrote it)
         let _ = self.db.add_pending_blob(key.as_str()).await;
         match self.store.delete(key).await {
             Ok(()) => {

@@ -14,7 +14,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 
 use super::Archive;
-use crate::db::{DbError, HospitalDb, InstanceFilter, InstanceLayout, SeriesRef, StudyRef};
+use crate::db::{DbError, HospitalDb, InstanceFilter, InstanceLayout, StudyRef};
 use crate::store::{BlobKey, ByteStream, StoreError};
 
 /// Rows read from the index per query when streaming a study or series.
@@ -130,29 +130,24 @@ impl Archive {
         scope: &HospitalDb,
         level: Level<'_>,
     ) -> Result<Located, RetrieveError> {
-        let (study_uid, series_uid, sop_uid) = match level {
-            Level::Study(st) => (st, None, None),
-            Level::Series(st, se) => (st, Some(se), None),
-            Level::Instance(st, se, sop) => (st, Some(se), Some(sop)),
-        };
-        let study = scope.find_study(study_uid).await.map_err(not_found)?;
-        let mut filter = InstanceFilter {
+        let (study, series_pk, instance_pk) = match level {
+            Level::Study(st) => scope.find_study(st).await.map(|s| (s, None, None)),
+            Level::Series(st, se) => scope
+                .find_series(st, se)
+                .await
+                .map(|(s, se)| (s, Some(se.pk), None)),
+            Level::Instance(st, se, sop) => scope
+                .find_instance(st, se, sop)
+                .await
+                .map(|(s, se, i)| (s, Some(se.pk), Some(i.id))),
+        }
+        .map_err(not_found)?;
+        let filter = InstanceFilter {
             hospital_pk: study.hospital_pk,
             study_pk: study.pk,
-            series_pk: None,
-            instance_pk: None,
+            series_pk,
+            instance_pk,
         };
-        if let Some(se) = series_uid {
-            let series = scope.find_series(&study, se).await.map_err(not_found)?;
-            filter.series_pk = Some(series.pk);
-            if let Some(sop) = sop_uid {
-                let instance = scope
-                    .find_instance(&study, &series, sop)
-                    .await
-                    .map_err(not_found)?;
-                filter.instance_pk = Some(instance.id);
-            }
-        }
         Ok(Located { study, filter })
     }
 
@@ -372,12 +367,11 @@ impl Archive {
         series: &str,
         sop: &str,
     ) -> Result<InstanceLayout, RetrieveError> {
-        let study: StudyRef = scope.find_study(study).await.map_err(not_found)?;
-        let series: SeriesRef = scope.find_series(&study, series).await.map_err(not_found)?;
-        scope
-            .find_instance(&study, &series, sop)
+        let (_, _, instance) = scope
+            .find_instance(study, series, sop)
             .await
-            .map_err(not_found)
+            .map_err(not_found)?;
+        Ok(instance)
     }
 }
 

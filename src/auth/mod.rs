@@ -158,7 +158,7 @@ impl Principal {
     ) -> Result<Principal, ApiError> {
         let db = &state.archive.db;
         let (key_id, secret) = keys::parse(presented).ok_or_else(unauthorized)?;
-        let Some(key) = db
+        let Some((key, home)) = db
             .find_active_key(key_id)
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?
@@ -168,10 +168,6 @@ impl Principal {
         if !keys::verify(secret, &key.secret_hash) {
             return Err(unauthorized());
         }
-        let home = db
-            .hospital_by_pk(key.hospital_id)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         // HTTP Basic: the user name is the key's hospital id.
         if basic_user.is_some_and(|u| u != home.id) {
             return Err(unauthorized());
@@ -191,15 +187,11 @@ impl Principal {
         let db = &state.archive.db;
         if let Ok(claims) = state.jwt.verify_local_claims(token) {
             let user_id: i64 = claims.sub.parse().map_err(|_| unauthorized())?;
-            let user = db
-                .user_by_id(user_id)
+            let (user, home) = db
+                .active_user(user_id)
                 .await
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-            let user = user.filter(|u| u.is_active).ok_or_else(unauthorized)?;
-            let home = db
-                .hospital_by_pk(user.hospital_id)
-                .await
-                .map_err(|_| unauthorized())?;
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?
+                .ok_or_else(unauthorized)?;
             // A token from before the hospital required MFA.
             if home.policy.require_mfa && !claims.mfa {
                 return Err(ApiError::Forbidden(format!(
@@ -442,14 +434,12 @@ impl FromRequestParts<AppState> for MfaUser {
         if let Some(token) = bearer
             && let Ok(user_id) = state.jwt.verify_enrollment(token)
         {
-            let user = state
+            let (user, home) = state
                 .archive
                 .db
-                .user_by_id(user_id)
+                .active_user(user_id)
                 .await?
-                .filter(|u| u.is_active)
                 .ok_or(ApiError::Unauthorized)?;
-            let home = state.archive.db.hospital_by_pk(user.hospital_id).await?;
             let origin = Origin::from_request_parts(parts, state).await?;
             origin.note_user(&user, &home);
             check_ip(&home, origin.ip)?;

@@ -154,12 +154,19 @@ impl Db {
     }
 
     /// A key that is not revoked.
-    pub async fn find_active_key(&self, key_id: &str) -> Result<Option<api_key::Model>, DbError> {
-        Ok(api_key::Entity::find()
+    /// An active key and its hospital, in one query (it runs on every
+    /// request made with a key).
+    pub async fn find_active_key(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<(api_key::Model, Hospital)>, DbError> {
+        let found = api_key::Entity::find()
+            .find_also_related(hospital::Entity)
             .filter(api_key::Column::KeyId.eq(key_id))
             .filter(api_key::Column::RevokedAt.is_null())
             .one(&self.conn)
-            .await?)
+            .await?;
+        Ok(found.and_then(|(key, h)| Some((key, Hospital::from(h?)))))
     }
 
     /// Revoke a key of a hospital; `NotFound` if it has no such active key.
@@ -279,6 +286,17 @@ impl Db {
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<user::Model>, DbError> {
         Ok(user::Entity::find_by_id(id).one(&self.conn).await?)
+    }
+
+    /// An active user and their home hospital, in one query (it runs on
+    /// every request made with a login token).
+    pub async fn active_user(&self, id: i64) -> Result<Option<(user::Model, Hospital)>, DbError> {
+        let found = user::Entity::find_by_id(id)
+            .find_also_related(hospital::Entity)
+            .filter(user::Column::IsActive.eq(true))
+            .one(&self.conn)
+            .await?;
+        Ok(found.and_then(|(user, h)| Some((user, Hospital::from(h?)))))
     }
 
     /// Hand a user a TOTP secret to confirm (replacing an unconfirmed one).

@@ -1,14 +1,22 @@
 //! Indexing the instances of one STOW request together: one transaction,
 //! so one commit (one fsync of the index) for the lot instead of one per
-//! instance, and the counts of each touched series and study recomputed
-//! once, at the end. Each instance is indexed in its own savepoint, so a
-//! conflict (duplicate, series of another study, quota) or an error of one
-//! instance leaves the others; a unique-key race with a concurrent ingest of
-//! the same UIDs is retried once (the second attempt sees the winner's rows).
+//! instance. Each instance is indexed in its own savepoint, so a conflict
+//! (duplicate, series of another study, quota) or an error of one instance
+//! leaves the others; a unique-key race with a concurrent ingest of the same
+//! UIDs is retried once (the second attempt sees the winner's rows). What
+//! is the same for the whole batch is written once, at the end: the counts
+//! of each touched series and study, the journal entries of the indexed
+//! blobs, and the hospital's usage.
+//!
+//! The usage row is the one row every ingest of a hospital writes, so it is
+//! charged last, with the batch's total, and held only until the commit.
+//! When that total does not fit the quota, the batch is indexed again,
+//! charging instance by instance, so that the instances that fit are kept.
 
-use sea_orm::{SqlErr, TransactionTrait};
+use entity::pending_blob;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
 
-use super::instances::recount;
+use super::instances::{Known, charge, recount};
 use super::{DbError, HospitalDb, IndexConflict, Indexed, NewInstance, now_millis};
 use crate::config::DuplicatePolicy;
 
@@ -24,20 +32,54 @@ impl HospitalDb {
         news: &[NewInstance<'_>],
         policy: DuplicatePolicy,
     ) -> Result<Vec<BatchOutcome>, DbError> {
+        match self.index_batch(news, policy, false).await? {
+            Some(out) => Ok(out),
+            None => Ok(self
+                .index_batch(news, policy, true)
+                .await?
+                .expect("charged per instance")),
+        }
+    }
+
+    /// One attempt; `None` when `per_instance` is false and the batch's
+    /// total does not fit the quota (then nothing was indexed).
+    async fn index_batch(
+        &self,
+        news: &[NewInstance<'_>],
+        policy: DuplicatePolicy,
+        per_instance: bool,
+    ) -> Result<Option<Vec<BatchOutcome>>, DbError> {
         let txn = self.db.conn().begin().await?;
         let mut out = Vec::with_capacity(news.len());
-        // (study, series) pairs to recount, once each, before the commit
+        let mut known = Known::default();
+        // (study, series) pairs to recount, indexed blobs, bytes added
         let mut touched = Vec::new();
+        let mut journaled = Vec::new();
+        let mut total = 0;
         for new in news {
             let mut attempt = 0;
             let outcome = loop {
                 let savepoint = txn.begin().await?;
-                let mut changed = Vec::new();
-                match self.index_in(&savepoint, new, policy, &mut changed).await {
-                    Ok(Ok(indexed)) => {
+                match self
+                    .index_in(&savepoint, new, policy, &known, per_instance)
+                    .await
+                {
+                    Ok(Ok(placed)) => {
                         savepoint.commit().await?;
-                        touched.extend(changed);
-                        break Ok(Ok(indexed));
+                        let ins = new.inspected;
+                        known
+                            .studies
+                            .insert(ins.study_uid.to_string(), placed.study_pk);
+                        known.series.insert(
+                            ins.series_uid.to_string(),
+                            (placed.series_pk, placed.study_pk),
+                        );
+                        touched.extend(placed.touched);
+                        total += placed.delta;
+                        if placed.indexed != Indexed::Identical {
+                            journaled.push(new.blob_key.as_str());
+                        }
+                        break Ok(Ok(placed.indexed));
                     }
                     Ok(Err(conflict)) => {
                         savepoint.rollback().await?;
@@ -59,13 +101,18 @@ impl HospitalDb {
             };
             out.push(outcome);
         }
-        touched.sort_unstable();
-        touched.dedup();
-        let now = now_millis();
-        for (study_pk, series_pk) in touched {
-            recount(&txn, study_pk, series_pk, now).await?;
+        recount(&txn, &touched, now_millis()).await?;
+        for chunk in journaled.chunks(500) {
+            pending_blob::Entity::delete_many()
+                .filter(pending_blob::Column::BlobKey.is_in(chunk.iter().copied()))
+                .exec(&txn)
+                .await?;
+        }
+        if !per_instance && !charge(&txn, self.hospital.pk, total).await? {
+            txn.rollback().await?;
+            return Ok(None);
         }
         txn.commit().await?;
-        Ok(out)
+        Ok(Some(out))
     }
 }

@@ -1,20 +1,21 @@
-//! Writing instances into the index: one transaction per instance that
-//! upserts the study and series, inserts (or replaces) the instance, closes
-//! its pending-blob journal entry, recomputes the counts and charges the
-//! hospital's storage usage, refusing what exceeds its quota ([`charge`]).
+//! Writing one instance into the index, inside a batch's transaction
+//! ([`super::batch`]): upsert its study and series (once per batch), insert
+//! (or replace) the instance, and optionally charge the hospital's storage
+//! usage, refusing what exceeds its quota ([`charge`]). Also the recount of
+//! series and studies shared with deletes.
 //!
 //! Concurrency: the transaction first writes the study row, which holds that
 //! row's lock (PostgreSQL) or the database write lock (SQLite) until commit,
 //! so two ingests into one study are serialized and the recomputed counts
 //! are exact.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use entity::{instance, pending_blob, series, study};
-use sea_orm::sea_query::OnConflict;
+use entity::{instance, series, study};
+use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
-    EntityTrait, QueryFilter, QuerySelect, Statement,
+    EntityTrait, QueryFilter, QuerySelect, QueryTrait, Statement,
 };
 use serde_json::{Map, Value};
 
@@ -96,109 +97,104 @@ impl HospitalDb {
         Ok((max > 0).then_some(max - bytes))
     }
 
-    /// Index one instance in `txn`. The (study, series) pairs whose counts
-    /// it changed are added to `touched`: the caller recounts them (once
-    /// per batch) before committing.
+    /// Index one instance in `txn` (a savepoint of the batch's
+    /// transaction). `known` holds the study and series rows the batch
+    /// already wrote: those are neither written nor looked up again. With
+    /// `charge_now` the instance's bytes are charged to the hospital's
+    /// quota here; otherwise the caller charges the batch's total.
     pub(super) async fn index_in(
         &self,
         txn: &DatabaseTransaction,
         new: &NewInstance<'_>,
         policy: DuplicatePolicy,
-        touched: &mut Vec<(i64, i64)>,
-    ) -> Result<Result<Indexed, IndexConflict>, sea_orm::DbErr> {
+        known: &Known,
+        charge_now: bool,
+    ) -> Result<Result<Placed, IndexConflict>, sea_orm::DbErr> {
         let h = self.hospital.pk;
         let ins = new.inspected;
         let now = now_millis();
 
-        // Study: insert if new, then lock its row for the rest of the transaction.
-        let s = &ins.study;
-        let am = study::ActiveModel {
-            hospital_id: Set(h),
-            study_uid: Set(ins.study_uid.to_string()),
-            patient_name: Set(s.patient_name.clone()),
-            patient_name_norm: Set(s.patient_name.as_deref().map(normalize_person_name)),
-            patient_id: Set(s.patient_id.clone()),
-            patient_birth_date: Set(s.patient_birth_date.clone()),
-            patient_sex: Set(s.patient_sex.clone()),
-            study_date: Set(s.study_date.clone()),
-            study_time: Set(s.study_time.clone()),
-            accession_number: Set(s.accession_number.clone()),
-            referring_physician_name: Set(s.referring_physician_name.clone()),
-            study_id_attr: Set(s.study_id.clone()),
-            study_description: Set(s.study_description.clone()),
-            modalities_in_study: Set(String::new()),
-            number_of_series: Set(0),
-            number_of_instances: Set(0),
-            size_bytes: Set(0),
-            attributes: Set(json_text(&ins.study_json)),
-            received_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
+        // Study: inserted if new, and its row locked (the update of an
+        // existing one) for the rest of the transaction.
+        let study_pk = match known.studies.get(ins.study_uid.as_str()) {
+            Some(pk) => *pk,
+            None => {
+                let s = &ins.study;
+                let am = study::ActiveModel {
+                    hospital_id: Set(h),
+                    study_uid: Set(ins.study_uid.to_string()),
+                    patient_name: Set(s.patient_name.clone()),
+                    patient_name_norm: Set(s.patient_name.as_deref().map(normalize_person_name)),
+                    patient_id: Set(s.patient_id.clone()),
+                    patient_birth_date: Set(s.patient_birth_date.clone()),
+                    patient_sex: Set(s.patient_sex.clone()),
+                    study_date: Set(s.study_date.clone()),
+                    study_time: Set(s.study_time.clone()),
+                    accession_number: Set(s.accession_number.clone()),
+                    referring_physician_name: Set(s.referring_physician_name.clone()),
+                    study_id_attr: Set(s.study_id.clone()),
+                    study_description: Set(s.study_description.clone()),
+                    modalities_in_study: Set(String::new()),
+                    number_of_series: Set(0),
+                    number_of_instances: Set(0),
+                    size_bytes: Set(0),
+                    attributes: Set(json_text(&ins.study_json)),
+                    received_at: Set(now),
+                    updated_at: Set(now),
+                    ..Default::default()
+                };
+                let upsert =
+                    OnConflict::columns([study::Column::HospitalId, study::Column::StudyUid])
+                        .update_column(study::Column::UpdatedAt)
+                        .to_owned();
+                let mut q = study::Entity::insert(am).on_conflict(upsert).into_query();
+                returning_id(txn, q.returning_col(study::Column::Id)).await?
+            }
         };
-        study::Entity::insert(am)
-            .on_conflict(
-                OnConflict::columns([study::Column::HospitalId, study::Column::StudyUid])
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
-        let study_pk = study::Entity::find()
-            .filter(study::Column::HospitalId.eq(h))
-            .filter(study::Column::StudyUid.eq(ins.study_uid.as_str()))
-            .one(txn)
-            .await?
-            .ok_or_else(|| sea_orm::DbErr::RecordNotFound("study just upserted".into()))?
-            .id;
-        exec(
-            txn,
-            "UPDATE studies SET updated_at = $1 WHERE id = $2",
-            vec![now.into(), study_pk.into()],
-        )
-        .await?;
 
-        // Series.
-        let r = &ins.series;
-        let am = series::ActiveModel {
-            hospital_id: Set(h),
-            study_id: Set(study_pk),
-            series_uid: Set(ins.series_uid.to_string()),
-            modality: Set(r.modality.clone()),
-            series_number: Set(r.series_number),
-            series_description: Set(r.series_description.clone()),
-            series_date: Set(r.series_date.clone()),
-            series_time: Set(r.series_time.clone()),
-            pps_start_date: Set(r.pps_start_date.clone()),
-            pps_start_time: Set(r.pps_start_time.clone()),
-            number_of_instances: Set(0),
-            attributes: Set(json_text(&ins.series_json)),
-            received_at: Set(now),
-            ..Default::default()
+        // Series: inserted if new; a conflict leaves the row as it is.
+        let series_pk = match known.series.get(ins.series_uid.as_str()) {
+            Some(&(pk, study)) if study == study_pk => pk,
+            Some(_) => return Ok(Err(IndexConflict::SeriesInOtherStudy)),
+            None => {
+                let r = &ins.series;
+                let am = series::ActiveModel {
+                    hospital_id: Set(h),
+                    study_id: Set(study_pk),
+                    series_uid: Set(ins.series_uid.to_string()),
+                    modality: Set(r.modality.clone()),
+                    series_number: Set(r.series_number),
+                    series_description: Set(r.series_description.clone()),
+                    series_date: Set(r.series_date.clone()),
+                    series_time: Set(r.series_time.clone()),
+                    pps_start_date: Set(r.pps_start_date.clone()),
+                    pps_start_time: Set(r.pps_start_time.clone()),
+                    number_of_instances: Set(0),
+                    attributes: Set(json_text(&ins.series_json)),
+                    received_at: Set(now),
+                    ..Default::default()
+                };
+                // a no-op update, so that RETURNING answers for an existing row
+                let upsert =
+                    OnConflict::columns([series::Column::HospitalId, series::Column::SeriesUid])
+                        .value(
+                            series::Column::StudyId,
+                            Expr::col((series::Entity, series::Column::StudyId)),
+                        )
+                        .to_owned();
+                let mut q = series::Entity::insert(am).on_conflict(upsert).into_query();
+                q.returning(
+                    Query::returning().columns([series::Column::Id, series::Column::StudyId]),
+                );
+                let row = query_one(txn, &q).await?;
+                if row.try_get::<i64>("", "study_id")? != study_pk {
+                    return Ok(Err(IndexConflict::SeriesInOtherStudy));
+                }
+                row.try_get("", "id")?
+            }
         };
-        series::Entity::insert(am)
-            .on_conflict(
-                OnConflict::columns([series::Column::HospitalId, series::Column::SeriesUid])
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
-        let series_row = series::Entity::find()
-            .filter(series::Column::HospitalId.eq(h))
-            .filter(series::Column::SeriesUid.eq(ins.series_uid.as_str()))
-            .one(txn)
-            .await?
-            .ok_or_else(|| sea_orm::DbErr::RecordNotFound("series just upserted".into()))?;
-        if series_row.study_id != study_pk {
-            return Ok(Err(IndexConflict::SeriesInOtherStudy));
-        }
 
-        // Instance.
-        let existing = instance::Entity::find()
-            .filter(instance::Column::HospitalId.eq(h))
-            .filter(instance::Column::SopUid.eq(ins.sop_instance_uid.as_str()))
-            .one(txn)
-            .await?;
+        // Instance: inserted unless its SOP Instance UID is stored.
         let frames = ins
             .frames
             .as_ref()
@@ -211,7 +207,7 @@ impl HospitalDb {
         let fill = |am: &mut instance::ActiveModel| {
             am.hospital_id = Set(h);
             am.study_id = Set(study_pk);
-            am.series_id = Set(series_row.id);
+            am.series_id = Set(series_pk);
             am.sop_uid = Set(ins.sop_instance_uid.to_string());
             am.sop_class_uid = Set(ins.sop_class_uid.to_string());
             am.instance_number = Set(ins.instance_number);
@@ -230,46 +226,102 @@ impl HospitalDb {
             am.metadata = Set(json_text(&ins.metadata));
             am.received_at = Set(now);
         };
-        let (delta, outcome) = match existing {
-            Some(old) if old.sha256 == new.sha256 => return Ok(Ok(Indexed::Identical)),
-            Some(_) if policy == DuplicatePolicy::Reject => {
+        let mut am = <instance::ActiveModel as Default>::default();
+        fill(&mut am);
+        let inserted = instance::Entity::insert(am)
+            .on_conflict(
+                OnConflict::columns([instance::Column::HospitalId, instance::Column::SopUid])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+        let mut touched = vec![(study_pk, series_pk)];
+        let (delta, indexed) = if inserted == 1 {
+            (new.size_bytes, Indexed::Stored)
+        } else {
+            let old = instance::Entity::find()
+                .filter(instance::Column::HospitalId.eq(h))
+                .filter(instance::Column::SopUid.eq(ins.sop_instance_uid.as_str()))
+                .one(txn)
+                .await?
+                .ok_or_else(|| sea_orm::DbErr::RecordNotFound("instance in conflict".into()))?;
+            if old.sha256 == new.sha256 {
+                return Ok(Ok(Placed {
+                    indexed: Indexed::Identical,
+                    delta: 0,
+                    study_pk,
+                    series_pk,
+                    touched: Vec::new(),
+                }));
+            }
+            if policy == DuplicatePolicy::Reject {
                 return Ok(Err(IndexConflict::DifferentObject));
             }
-            Some(old) => {
-                let mut am: instance::ActiveModel = old.clone().into();
-                fill(&mut am);
-                am.update(txn).await?;
-                if old.series_id != series_row.id {
-                    touched.push((old.study_id, old.series_id));
-                }
-                (
-                    new.size_bytes - old.size_bytes,
-                    Indexed::Replaced {
-                        old_blob: old.blob_key,
-                    },
-                )
+            let mut am: instance::ActiveModel = old.clone().into();
+            fill(&mut am);
+            am.update(txn).await?;
+            if old.series_id != series_pk {
+                touched.push((old.study_id, old.series_id));
             }
-            None => {
-                let mut am = <instance::ActiveModel as Default>::default();
-                fill(&mut am);
-                instance::Entity::insert(am)
-                    .exec_without_returning(txn)
-                    .await?;
-                (new.size_bytes, Indexed::Stored)
-            }
+            (
+                new.size_bytes - old.size_bytes,
+                Indexed::Replaced {
+                    old_blob: old.blob_key,
+                },
+            )
         };
         // The quota, last (rows before the usage row, as deletes lock them):
         // refused, the caller rolls everything back.
-        if !charge(txn, h, delta).await? {
+        if charge_now && !charge(txn, h, delta).await? {
             return Ok(Err(IndexConflict::QuotaExceeded));
         }
-        pending_blob::Entity::delete_many()
-            .filter(pending_blob::Column::BlobKey.eq(new.blob_key.as_str()))
-            .exec(txn)
-            .await?;
-        touched.push((study_pk, series_row.id));
-        Ok(Ok(outcome))
+        Ok(Ok(Placed {
+            indexed,
+            delta,
+            study_pk,
+            series_pk,
+            touched,
+        }))
     }
+}
+
+/// The study and series rows a batch has written so far, by UID.
+#[derive(Debug, Default)]
+pub(super) struct Known {
+    pub studies: HashMap<String, i64>,
+    /// Series primary key and its study's.
+    pub series: HashMap<String, (i64, i64)>,
+}
+
+/// What indexing one instance wrote.
+#[derive(Debug)]
+pub(super) struct Placed {
+    pub indexed: Indexed,
+    /// Bytes it adds to the hospital's usage.
+    pub delta: i64,
+    pub study_pk: i64,
+    pub series_pk: i64,
+    /// (study, series) pairs whose counts changed.
+    pub touched: Vec<(i64, i64)>,
+}
+
+/// Run an INSERT … RETURNING; its row.
+async fn query_one<C: ConnectionTrait>(
+    c: &C,
+    q: &sea_orm::sea_query::InsertStatement,
+) -> Result<sea_orm::QueryResult, sea_orm::DbErr> {
+    c.query_one_raw(c.get_database_backend().build(q))
+        .await?
+        .ok_or_else(|| sea_orm::DbErr::RecordNotFound("no row returned".into()))
+}
+
+/// Run an INSERT … RETURNING id; the id.
+async fn returning_id<C: ConnectionTrait>(
+    c: &C,
+    q: &sea_orm::sea_query::InsertStatement,
+) -> Result<i64, sea_orm::DbErr> {
+    query_one(c, q).await?.try_get("", "id")
 }
 
 async fn exec<C: ConnectionTrait>(
@@ -316,52 +368,73 @@ pub(super) async fn charge<C: ConnectionTrait>(
     Ok(res.rows_affected() == 1)
 }
 
-/// Recompute the counts of a series and its study from the rows, and drop
-/// them when they became empty.
+/// Recompute the counts of the given series and studies from the rows,
+/// and drop those that became empty: a few statements for the lot.
 pub(super) async fn recount<C: ConnectionTrait>(
     c: &C,
-    study_pk: i64,
-    series_pk: i64,
+    pairs: &[(i64, i64)],
     now: i64,
 ) -> Result<(), sea_orm::DbErr> {
-    exec(
-        c,
-        "UPDATE series SET number_of_instances = (SELECT COUNT(*) FROM instances WHERE series_id = $1) WHERE id = $1",
-        vec![series_pk.into()],
-    )
-    .await?;
-    exec(
-        c,
-        "DELETE FROM series WHERE id = $1 AND number_of_instances = 0",
-        vec![series_pk.into()],
-    )
-    .await?;
-    let modalities: Vec<String> = c
-        .query_all_raw(Statement::from_sql_and_values(
-            c.get_database_backend(),
-            "SELECT DISTINCT modality FROM series WHERE study_id = $1 AND modality IS NOT NULL ORDER BY modality",
-            vec![study_pk.into()],
-        ))
-        .await?
-        .iter()
-        .filter_map(|row| row.try_get::<String>("", "modality").ok())
-        .collect();
-    exec(
-        c,
-        "UPDATE studies SET \
-           number_of_series = (SELECT COUNT(*) FROM series WHERE study_id = $1), \
-           number_of_instances = (SELECT COUNT(*) FROM instances WHERE study_id = $1), \
-           size_bytes = (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM instances WHERE study_id = $1), \
-           modalities_in_study = $2, updated_at = $3 \
-         WHERE id = $1",
-        vec![study_pk.into(), modalities.join("\\").into(), now.into()],
-    )
-    .await?;
-    exec(
-        c,
-        "DELETE FROM studies WHERE id = $1 AND number_of_instances = 0",
-        vec![study_pk.into()],
-    )
-    .await?;
+    let series_pks: BTreeSet<i64> = pairs.iter().map(|p| p.1).collect();
+    let study_pks: BTreeSet<i64> = pairs.iter().map(|p| p.0).collect();
+    for chunk in Vec::from_iter(series_pks).chunks(IN_CHUNK) {
+        series::Entity::update_many()
+            .col_expr(
+                series::Column::NumberOfInstances,
+                Expr::cust(
+                    "(SELECT COUNT(*) FROM instances WHERE instances.series_id = series.id)",
+                ),
+            )
+            .filter(series::Column::Id.is_in(chunk.iter().copied()))
+            .exec(c)
+            .await?;
+        series::Entity::delete_many()
+            .filter(series::Column::Id.is_in(chunk.iter().copied()))
+            .filter(series::Column::NumberOfInstances.eq(0))
+            .exec(c)
+            .await?;
+    }
+    for chunk in Vec::from_iter(study_pks).chunks(IN_CHUNK) {
+        let rows: Vec<(i64, String)> = series::Entity::find()
+            .select_only()
+            .column(series::Column::StudyId)
+            .column(series::Column::Modality)
+            .filter(series::Column::StudyId.is_in(chunk.iter().copied()))
+            .filter(series::Column::Modality.is_not_null())
+            .group_by(series::Column::StudyId)
+            .group_by(series::Column::Modality)
+            .into_tuple()
+            .all(c)
+            .await?;
+        let mut modalities: HashMap<i64, BTreeSet<String>> = HashMap::new();
+        for (study_pk, modality) in rows {
+            modalities.entry(study_pk).or_default().insert(modality);
+        }
+        for study_pk in chunk {
+            let listed: Vec<&str> = modalities
+                .get(study_pk)
+                .map(|m| m.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            exec(
+                c,
+                "UPDATE studies SET \
+                   number_of_series = (SELECT COUNT(*) FROM series WHERE study_id = $1), \
+                   number_of_instances = (SELECT COUNT(*) FROM instances WHERE study_id = $1), \
+                   size_bytes = (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM instances WHERE study_id = $1), \
+                   modalities_in_study = $2, updated_at = $3 \
+                 WHERE id = $1",
+                vec![(*study_pk).into(), listed.join("\\").into(), now.into()],
+            )
+            .await?;
+        }
+        study::Entity::delete_many()
+            .filter(study::Column::Id.is_in(chunk.iter().copied()))
+            .filter(study::Column::NumberOfInstances.eq(0))
+            .exec(c)
+            .await?;
+    }
     Ok(())
 }
+
+/// Values per `IN (…)` list (SQLite allows 32,766 parameters a statement).
+const IN_CHUNK: usize = 500;

@@ -179,7 +179,8 @@ impl Db {
         }
     }
 
-    /// Record a blob about to be written (the crash journal).
+    /// Record a blob about to be written or deleted (the crash journal);
+    /// already recorded is fine.
     pub async fn add_pending_blob(&self, key: &str) -> Result<(), DbError> {
         use entity::pending_blob;
         let am = pending_blob::ActiveModel {
@@ -188,6 +189,11 @@ impl Db {
             ..Default::default()
         };
         pending_blob::Entity::insert(am)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(pending_blob::Column::BlobKey)
+                    .do_nothing()
+                    .to_owned(),
+            )
             .exec_without_returning(&self.conn)
             .await?;
         Ok(())

@@ -5,9 +5,7 @@
 //! nothing. Lists of instances are read in pages by primary key (keyset
 //! pagination), so a study of any size is served in bounded memory.
 
-use std::collections::BTreeSet;
-
-use entity::{instance, pending_blob, series, study};
+use entity::{instance, pending_blob, series};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter,
@@ -17,9 +15,19 @@ use sea_orm::{
 use super::instances::{charge, recount};
 use super::{DbError, HospitalDb, now_millis};
 
+/// `hospital_id IN (…)` of the rows this hospital may read under the study
+/// UID `$1`: its own (`$2`) and those of the hospitals that shared that
+/// study with it. The planner turns it into lookups of the
+/// `(hospital_id, uid)` unique indexes.
+const VISIBLE: &str = "IN (SELECT CAST($2 AS BIGINT) UNION ALL \
+     SELECT owner_hospital_id FROM study_shares WHERE target_hospital_id = $2 AND study_uid = $1)";
+
+/// This hospital's own copy before a shared one with the same UIDs.
+const OWN_FIRST: &str = "CASE WHEN st.hospital_id = $2 THEN 0 ELSE 1 END";
+
 /// A study this hospital may read (its own, or one shared with it), found
 /// by UID.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
 pub struct StudyRef {
     pub pk: i64,
     /// The hospital holding the study's rows (this one, or the sharer's).
@@ -30,7 +38,7 @@ pub struct StudyRef {
 }
 
 /// A series of a study of this hospital.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
 pub struct SeriesRef {
     pub pk: i64,
     pub uid: String,
@@ -95,8 +103,6 @@ impl HospitalDb {
         q
     }
 
-    /// A study this hospital may read; its own copy first when another
-    /// hospital also shared a study with the same UID.
     /// Keyset page of the covered instances: primary keys above `after`,
     /// in order, at most `limit`.
     fn page_of(
@@ -111,73 +117,90 @@ impl HospitalDb {
             .limit(limit)
     }
 
+    /// A study this hospital may read: its own, or one another hospital
+    /// shared with it (its own copy first when both exist). One query.
     pub async fn find_study(&self, study_uid: &str) -> Result<StudyRef, DbError> {
-        let found = study::Entity::find()
-            .filter(self.visible_studies().await?)
-            .filter(study::Column::StudyUid.eq(study_uid))
-            .all(self.db.conn())
-            .await?;
-        let own = found.iter().position(|s| s.hospital_id == self.hospital.pk);
-        found
-            .into_iter()
-            .nth(own.unwrap_or(0))
-            .map(|s| StudyRef {
-                pk: s.id,
-                hospital_pk: s.hospital_id,
-                uid: s.study_uid,
-                updated_at: s.updated_at,
-            })
-            .ok_or(DbError::NotFound)
+        let sql = format!(
+            "SELECT st.id AS pk, st.hospital_id AS hospital_pk, st.study_uid AS uid, st.updated_at \
+             FROM studies st \
+             WHERE st.study_uid = $1 AND st.hospital_id {VISIBLE} \
+             ORDER BY {OWN_FIRST} LIMIT 1"
+        );
+        self.located(&sql, vec![study_uid.into(), self.hospital.pk.into()])
+            .await
+            .map(|row| row.0)
     }
 
-    /// A series, only if it belongs to `study`.
+    /// A series of a readable study, with its study. One query.
     pub async fn find_series(
         &self,
-        study: &StudyRef,
+        study_uid: &str,
         series_uid: &str,
-    ) -> Result<SeriesRef, DbError> {
-        series::Entity::find()
-            .filter(series::Column::HospitalId.eq(study.hospital_pk))
-            .filter(series::Column::StudyId.eq(study.pk))
-            .filter(series::Column::SeriesUid.eq(series_uid))
-            .one(self.db.conn())
-            .await?
-            .map(|s| SeriesRef {
-                pk: s.id,
-                uid: s.series_uid,
-            })
-            .ok_or(DbError::NotFound)
+    ) -> Result<(StudyRef, SeriesRef), DbError> {
+        let sql = format!(
+            "SELECT st.id AS pk, st.hospital_id AS hospital_pk, st.study_uid AS uid, st.updated_at, \
+               se.id AS s_pk, se.series_uid AS s_uid \
+             FROM series se JOIN studies st ON st.id = se.study_id \
+             WHERE se.series_uid = $3 AND se.hospital_id {VISIBLE} AND st.study_uid = $1 \
+             ORDER BY {OWN_FIRST} LIMIT 1"
+        );
+        let values = vec![study_uid.into(), self.hospital.pk.into(), series_uid.into()];
+        let (study, row) = self.located(&sql, values).await?;
+        Ok((study, SeriesRef::from_query_result(&row, "s_")?))
     }
 
-    /// An instance, only if it belongs to `series` of `study`.
+    /// Where an instance of a series of a readable study is (without its
+    /// metadata JSON), with its study and series: what frame, bulk data and
+    /// instance reads need, in one query.
     pub async fn find_instance(
         &self,
-        study: &StudyRef,
-        series: &SeriesRef,
+        study_uid: &str,
+        series_uid: &str,
         sop_uid: &str,
-    ) -> Result<InstanceLayout, DbError> {
-        use instance::Column as C;
-        self.instances_of(InstanceFilter {
-            hospital_pk: study.hospital_pk,
-            study_pk: study.pk,
-            series_pk: Some(series.pk),
-            instance_pk: None,
-        })
-        .filter(C::SopUid.eq(sop_uid))
-        .select_only()
-        .columns([
-            C::Id,
-            C::TransferSyntax,
-            C::BlobKey,
-            C::PixelDataOffset,
-            C::PixelDataLength,
-            C::Frames,
-            C::Bulk,
-        ])
-        .into_model::<InstanceLayout>()
-        .one(self.db.conn())
-        .await?
-        .ok_or(DbError::NotFound)
+    ) -> Result<(StudyRef, SeriesRef, InstanceLayout), DbError> {
+        let sql = format!(
+            "SELECT st.id AS pk, st.hospital_id AS hospital_pk, st.study_uid AS uid, st.updated_at, \
+               se.id AS s_pk, se.series_uid AS s_uid, \
+               i.id, i.transfer_syntax, i.blob_key, i.pixel_data_offset, i.pixel_data_length, \
+               i.frames, i.bulk \
+             FROM instances i \
+               JOIN series se ON se.id = i.series_id \
+               JOIN studies st ON st.id = i.study_id \
+             WHERE i.sop_uid = $4 AND i.hospital_id {VISIBLE} \
+               AND se.series_uid = $3 AND st.study_uid = $1 \
+             ORDER BY {OWN_FIRST} LIMIT 1"
+        );
+        let values = vec![
+            study_uid.into(),
+            self.hospital.pk.into(),
+            series_uid.into(),
+            sop_uid.into(),
+        ];
+        let (study, row) = self.located(&sql, values).await?;
+        Ok((
+            study,
+            SeriesRef::from_query_result(&row, "s_")?,
+            InstanceLayout::from_query_result(&row, "")?,
+        ))
+    }
+
+    /// Run one of the lookups above: `$1` is the study UID, `$2` this
+    /// hospital; the row starts with the study's columns.
+    async fn located(
+        &self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+    ) -> Result<(StudyRef, sea_orm::QueryResult), DbError> {
+        let conn = self.db.conn();
+        let row = conn
+            .query_one_raw(Statement::from_sql_and_values(
+                conn.get_database_backend(),
+                sql,
+                values,
+            ))
+            .await?
+            .ok_or(DbError::NotFound)?;
+        Ok((StudyRef::from_query_result(&row, "")?, row))
     }
 
     /// The UIDs of the series of a study, by primary key.
@@ -320,10 +343,11 @@ impl HospitalDb {
                 .exec(&txn)
                 .await?;
         }
-        let series: BTreeSet<i64> = victims.iter().map(|(_, s, _, _)| *s).collect();
-        for series_pk in series {
-            recount(&txn, f.study_pk, series_pk, now).await?;
-        }
+        let pairs: Vec<(i64, i64)> = victims
+            .iter()
+            .map(|(_, s, _, _)| (f.study_pk, *s))
+            .collect();
+        recount(&txn, &pairs, now).await?;
         let freed: i64 = victims.iter().map(|(_, _, _, size)| size).sum();
         charge(&txn, self.hospital.pk, -freed).await?;
         txn.commit().await?;

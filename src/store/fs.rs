@@ -53,6 +53,34 @@ impl FsStore {
     }
 }
 
+/// Ranges up to this size are read into memory at once.
+const WHOLE_READ_MAX: u64 = 4 * 1024 * 1024;
+
+fn check_range(size: u64, offset: u64, length: u64) -> Result<(), StoreError> {
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "range past the end of the blob",
+        )));
+    }
+    Ok(())
+}
+
+/// Read `length` bytes at `offset` of a blob (blocking).
+fn read_range(path: &Path, offset: u64, length: u64) -> Result<bytes::Bytes, StoreError> {
+    use std::io::{Read, Seek};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+        Err(e) => return Err(e.into()),
+    };
+    check_range(file.metadata()?.len(), offset, length)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; usize::try_from(length).unwrap_or(usize::MAX)];
+    file.read_exact(&mut buf)?;
+    Ok(buf.into())
+}
+
 /// Files fsynced at the same time by [`FsStore::put_many`].
 const SYNC_CONCURRENCY: usize = 16;
 
@@ -184,14 +212,17 @@ impl BlobStore for FsStore {
         offset: u64,
         length: u64,
     ) -> Result<ByteStream, StoreError> {
-        let mut file = self.open_blob(key).await?;
-        let size = file.metadata().await?.len();
-        if offset.checked_add(length).is_none_or(|end| end > size) {
-            return Err(StoreError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "range past the end of the blob",
-            )));
+        // A frame or a small bulk value: open, check and read it in one trip
+        // to the blocking pool (each tokio::fs call is a trip of its own).
+        if length <= WHOLE_READ_MAX {
+            let path = key.path_under(&self.root);
+            let bytes = tokio::task::spawn_blocking(move || read_range(&path, offset, length))
+                .await
+                .map_err(std::io::Error::other)??;
+            return Ok(Box::pin(stream::once(async move { Ok(bytes) })));
         }
+        let mut file = self.open_blob(key).await?;
+        check_range(file.metadata().await?.len(), offset, length)?;
         file.seek(SeekFrom::Start(offset)).await?;
         let limited = file.take(length);
         Ok(Box::pin(
