@@ -153,8 +153,7 @@ impl Db {
         Ok(am.insert(&self.conn).await?)
     }
 
-    /// A key that is not revoked.
-    /// An active key and its hospital, in one query (it runs on every
+    /// An active (not revoked) key and its hospital, in one query (it runs on every
     /// request made with a key).
     pub async fn find_active_key(
         &self,

@@ -17,7 +17,7 @@ use entity::pending_blob;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
 
 use super::instances::{Known, charge, recount};
-use super::{DbError, HospitalDb, IndexConflict, Indexed, NewInstance, now_millis};
+use super::{DbError, HospitalDb, IN_CHUNK, IndexConflict, Indexed, NewInstance, now_millis};
 use crate::config::DuplicatePolicy;
 
 /// The outcome of one instance of a batch.
@@ -102,7 +102,7 @@ impl HospitalDb {
             out.push(outcome);
         }
         recount(&txn, &touched, now_millis()).await?;
-        for chunk in journaled.chunks(500) {
+        for chunk in journaled.chunks(IN_CHUNK) {
             pending_blob::Entity::delete_many()
                 .filter(pending_blob::Column::BlobKey.is_in(chunk.iter().copied()))
                 .exec(&txn)

@@ -19,7 +19,7 @@ use sea_orm::{
 };
 use serde_json::{Map, Value};
 
-use super::{DbError, HospitalDb, now_millis};
+use super::{DbError, HospitalDb, IN_CHUNK, now_millis};
 use crate::config::DuplicatePolicy;
 use crate::dicom::{Inspected, normalize_person_name};
 
@@ -148,7 +148,8 @@ impl HospitalDb {
                         .update_column(study::Column::UpdatedAt)
                         .to_owned();
                 let mut q = study::Entity::insert(am).on_conflict(upsert).into_query();
-                returning_id(txn, q.returning_col(study::Column::Id)).await?
+                q.returning_col(study::Column::Id);
+                query_one(txn, &q).await?.try_get("", "id")?
             }
         };
 
@@ -316,14 +317,6 @@ async fn query_one<C: ConnectionTrait>(
         .ok_or_else(|| sea_orm::DbErr::RecordNotFound("no row returned".into()))
 }
 
-/// Run an INSERT … RETURNING id; the id.
-async fn returning_id<C: ConnectionTrait>(
-    c: &C,
-    q: &sea_orm::sea_query::InsertStatement,
-) -> Result<i64, sea_orm::DbErr> {
-    query_one(c, q).await?.try_get("", "id")
-}
-
 async fn exec<C: ConnectionTrait>(
     c: &C,
     sql: &str,
@@ -435,6 +428,3 @@ pub(super) async fn recount<C: ConnectionTrait>(
     }
     Ok(())
 }
-
-/// Values per `IN (…)` list (SQLite allows 32,766 parameters a statement).
-const IN_CHUNK: usize = 500;

@@ -32,6 +32,10 @@ pub use retrieve::{
     InstanceBlobRow, InstanceFilter, InstanceLayout, InstanceMetadataRow, SeriesRef, StudyRef,
 };
 
+/// Values per `IN (…)` list or multi-row insert (SQLite allows 32,766
+/// parameters a statement).
+const IN_CHUNK: usize = 500;
+
 /// The id of the hospital created on an empty index.
 pub const DEFAULT_HOSPITAL: &str = "default";
 
@@ -203,7 +207,7 @@ impl Db {
     pub async fn add_pending_blobs(&self, keys: &[&str]) -> Result<(), DbError> {
         use entity::pending_blob;
         let now = now_millis();
-        for chunk in keys.chunks(500) {
+        for chunk in keys.chunks(IN_CHUNK) {
             let rows = chunk.iter().map(|key| pending_blob::ActiveModel {
                 blob_key: Set((*key).to_owned()),
                 created_at: Set(now),

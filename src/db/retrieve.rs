@@ -13,7 +13,7 @@ use sea_orm::{
 };
 
 use super::instances::{charge, recount};
-use super::{DbError, HospitalDb, now_millis};
+use super::{DbError, HospitalDb, IN_CHUNK, now_millis};
 
 /// `hospital_id IN (…)` of the rows this hospital may read under the study
 /// UID `$1`: its own (`$2`) and those of the hospitals that shared that
@@ -24,6 +24,12 @@ const VISIBLE: &str = "IN (SELECT CAST($2 AS BIGINT) UNION ALL \
 
 /// This hospital's own copy before a shared one with the same UIDs.
 const OWN_FIRST: &str = "CASE WHEN st.hospital_id = $2 THEN 0 ELSE 1 END";
+
+/// The columns of a [`StudyRef`] (of `st`) and, prefixed `s_`, of a
+/// [`SeriesRef`] (of `se`).
+const STUDY_COLUMNS: &str =
+    "st.id AS pk, st.hospital_id AS hospital_pk, st.study_uid AS uid, st.updated_at";
+const SERIES_COLUMNS: &str = "se.id AS s_pk, se.series_uid AS s_uid";
 
 /// A study this hospital may read (its own, or one shared with it), found
 /// by UID.
@@ -121,7 +127,7 @@ impl HospitalDb {
     /// shared with it (its own copy first when both exist). One query.
     pub async fn find_study(&self, study_uid: &str) -> Result<StudyRef, DbError> {
         let sql = format!(
-            "SELECT st.id AS pk, st.hospital_id AS hospital_pk, st.study_uid AS uid, st.updated_at \
+            "SELECT {STUDY_COLUMNS} \
              FROM studies st \
              WHERE st.study_uid = $1 AND st.hospital_id {VISIBLE} \
              ORDER BY {OWN_FIRST} LIMIT 1"
@@ -138,8 +144,7 @@ impl HospitalDb {
         series_uid: &str,
     ) -> Result<(StudyRef, SeriesRef), DbError> {
         let sql = format!(
-            "SELECT st.id AS pk, st.hospital_id AS hospital_pk, st.study_uid AS uid, st.updated_at, \
-               se.id AS s_pk, se.series_uid AS s_uid \
+            "SELECT {STUDY_COLUMNS}, {SERIES_COLUMNS} \
              FROM series se JOIN studies st ON st.id = se.study_id \
              WHERE se.series_uid = $3 AND se.hospital_id {VISIBLE} AND st.study_uid = $1 \
              ORDER BY {OWN_FIRST} LIMIT 1"
@@ -159,8 +164,7 @@ impl HospitalDb {
         sop_uid: &str,
     ) -> Result<(StudyRef, SeriesRef, InstanceLayout), DbError> {
         let sql = format!(
-            "SELECT st.id AS pk, st.hospital_id AS hospital_pk, st.study_uid AS uid, st.updated_at, \
-               se.id AS s_pk, se.series_uid AS s_uid, \
+            "SELECT {STUDY_COLUMNS}, {SERIES_COLUMNS}, \
                i.id, i.transfer_syntax, i.blob_key, i.pixel_data_offset, i.pixel_data_length, \
                i.frames, i.bulk \
              FROM instances i \
@@ -321,7 +325,7 @@ impl HospitalDb {
             txn.rollback().await?;
             return Err(DbError::NotFound);
         }
-        for chunk in victims.chunks(500) {
+        for chunk in victims.chunks(IN_CHUNK) {
             let journal = chunk
                 .iter()
                 .map(|(_, _, key, _)| pending_blob::ActiveModel {

@@ -45,16 +45,23 @@ impl FsStore {
     }
 
     async fn open_blob(&self, key: &BlobKey) -> Result<tokio::fs::File, StoreError> {
-        match tokio::fs::File::open(key.path_under(&self.root)).await {
-            Ok(f) => Ok(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound),
-            Err(e) => Err(e.into()),
-        }
+        tokio::fs::File::open(key.path_under(&self.root))
+            .await
+            .map_err(open_error)
     }
 }
 
 /// Ranges up to this size are read into memory at once.
 const WHOLE_READ_MAX: u64 = 4 * 1024 * 1024;
+
+/// Opening a blob that is not there is [`StoreError::NotFound`].
+fn open_error(e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StoreError::NotFound
+    } else {
+        e.into()
+    }
+}
 
 fn check_range(size: u64, offset: u64, length: u64) -> Result<(), StoreError> {
     if offset.checked_add(length).is_none_or(|end| end > size) {
@@ -69,11 +76,7 @@ fn check_range(size: u64, offset: u64, length: u64) -> Result<(), StoreError> {
 /// Read `length` bytes at `offset` of a blob (blocking).
 fn read_range(path: &Path, offset: u64, length: u64) -> Result<bytes::Bytes, StoreError> {
     use std::io::{Read, Seek};
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound),
-        Err(e) => return Err(e.into()),
-    };
+    let mut file = std::fs::File::open(path).map_err(open_error)?;
     check_range(file.metadata()?.len(), offset, length)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = vec![0; usize::try_from(length).unwrap_or(usize::MAX)];
