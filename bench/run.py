@@ -368,6 +368,13 @@ def main(argv=None):
                         and not (s.name == "cloudpacs-pg" and n > pg_max)]
                 label = "scale %d..%d (%d studies/request)" % (prev, n, cfg["scale_batch"])
                 each("stow_scale_%d" % n, lambda i: client.stow(i, jobs, a.data, 4, label), only)
+                if pg_db and "cloudpacs-pg" in only:
+                    # What autovacuum does some minutes after a bulk load (visibility map,
+                    # statistics), done now so that the searches below do not run during it.
+                    t0 = time.time()
+                    psql("VACUUM ANALYZE", db=pg_db)
+                    P.setdefault("vacuum_%d" % n, {})["cloudpacs-pg"] = {"seconds": time.time() - t0}
+                    log("vacuum analyze after %d studies: %.1f s" % (n, time.time() - t0))
                 loaded = scale_all[:n]
                 counted = loaded + (clin if n_clin else [])
                 each("qido_%d" % n, lambda i: qido_run(i, loaded, counted, qreps), only)

@@ -9,6 +9,7 @@ mod m20261128_000001_core;
 mod m20261128_000002_qido_indexes;
 mod m20261128_000003_credentials;
 mod m20261128_000004_policies;
+mod m20261204_000005_covering_study_indexes;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_qido_indexes::Migration),
             Box::new(m20261128_000003_credentials::Migration),
             Box::new(m20261128_000004_policies::Migration),
+            Box::new(m20261204_000005_covering_study_indexes::Migration),
         ]
     }
 }

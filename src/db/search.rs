@@ -196,14 +196,23 @@ impl HospitalDb {
         } else {
             Expr::col((study::Entity, study::Column::Id))
         };
-        Ok(study::Entity::find()
+        // The page is chosen on ids alone, then only its rows are read: a
+        // broad match (`PatientName=THO*` is thousands of studies at 100k)
+        // is then sorted from the filter's index, which holds the id, and
+        // never reads (or, on PostgreSQL, de-TOASTs) the rows it skips.
+        let ids: Vec<i64> = study::Entity::find()
+            .select_only()
+            .column(study::Column::Id)
             .filter(self.visible_studies().await?)
             .filter(conditions(search))
             .order_by(order, Order::Desc)
             .offset(search.offset)
             .limit(search.limit)
+            .into_tuple()
             .all(self.db.conn())
-            .await?)
+            .await?;
+        let mut rows = self.studies_by_id(ids.iter().copied()).await?;
+        Ok(ids.iter().filter_map(|id| rows.remove(id)).collect())
     }
 
     pub async fn search_series(&self, search: &Search) -> Result<Vec<SeriesHit>, DbError> {
