@@ -5,7 +5,8 @@
 
 Ratios are Orthanc / cloudpacs for times and cloudpacs / Orthanc for throughputs,
 so "> 1" always means cloudpacs is better. bench/ANALYSIS.md, when present, is
-appended (the hand-written account of what bounds each target).
+appended (the hand-written account of what bounds each target) unless
+`--no-analysis` is given.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def ratio(o, c, higher_better):
     return ("%.0f×" % r) if r >= 10 else ("%.1f×" % r) if r >= 1 else ("%.2f×" % r)
 
 
-def main(path):
+def main(path, analysis=True):
     r = json.load(open(path))
     P = r["phases"]
     S = r["servers"]
@@ -261,7 +262,7 @@ def main(path):
           "(see the 600-frame upload's RSS above, and shared/bench/BASELINE-ORTHANC.md: ~3.5× the body).\n")
     w("")
     an = os.path.join(HERE, "ANALYSIS.md")
-    if os.path.exists(an):
+    if analysis and os.path.exists(an):
         w(open(an, encoding="utf-8").read())
     sys.stdout.write("\n".join(out) + "\n")
 
@@ -356,4 +357,5 @@ def trim(x):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "target/bench/results.json")
+    args = [a for a in sys.argv[1:] if a != "--no-analysis"]
+    main(args[0] if args else "target/bench/results.json", "--no-analysis" not in sys.argv)
