@@ -530,6 +530,18 @@ async fn paging_has_no_duplicates_or_gaps_and_warns_when_cut() {
             "{path}: no duplicates across pages"
         );
         assert_eq!(seen.len(), count, "{path}: no gaps");
+        if path == "/dicom-web/studies" {
+            // the documented order: newest first (one request stores the
+            // studies in the order they first appear in it)
+            let mut arrival: Vec<String> = Vec::new();
+            for i in &data {
+                if !arrival.contains(&i.study) {
+                    arrival.push(i.study.clone());
+                }
+            }
+            arrival.reverse();
+            assert_eq!(seen, arrival, "studies newest first across pages");
+        }
         // the same order every time
         let (_, first, _) = get(&app, &format!("{path}?limit=4&offset=0")).await;
         let (_, again, _) = get(&app, &format!("{path}?limit=4&offset=0")).await;
