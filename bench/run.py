@@ -243,7 +243,7 @@ def main(argv=None):
     q = a.quick
     steps = [int(x) for x in (a.steps or ("500,2000" if q else "1000,10000,100000")).split(",")]
     big_slices = a.big_slices if a.big_slices is not None else (200 if q else 4000)
-    qreps = a.qido_reps or (15 if q else 60)
+    qreps = a.qido_reps or (15 if q else 300)
     pg_max = a.pg_max if a.pg_max is not None else min(max(steps), 10000)
     phases = a.phases.split(",")
 
@@ -373,8 +373,10 @@ def main(argv=None):
                     # statistics), done now so that the searches below do not run during it.
                     t0 = time.time()
                     psql("VACUUM ANALYZE", db=pg_db)
+                    # and write the load's dirty pages now, not during the searches
+                    psql("CHECKPOINT", db=pg_db)
                     P.setdefault("vacuum_%d" % n, {})["cloudpacs-pg"] = {"seconds": time.time() - t0}
-                    log("vacuum analyze after %d studies: %.1f s" % (n, time.time() - t0))
+                    log("vacuum analyze + checkpoint after %d studies: %.1f s" % (n, time.time() - t0))
                 loaded = scale_all[:n]
                 counted = loaded + (clin if n_clin else [])
                 each("qido_%d" % n, lambda i: qido_run(i, loaded, counted, qreps), only)
