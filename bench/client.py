@@ -557,6 +557,51 @@ def floor(server, path, reps=300):
     return summary_ms(times)
 
 
+def durable_files(workdir, count, size, writers=4, per_folder=25):
+    """What one durable file per instance costs on this file system, without any
+    archive: `writers` threads (the STOW clients' concurrency) each write files of
+    `size` bytes as a store must before acknowledging them: create, write, fsync,
+    rename into place, and one fsync of each folder of `per_folder` files. An
+    upper bound for the instances/s of any archive that stores each instance in
+    its own file and acknowledges only durable data (Orthanc with
+    SyncStorageArea, cloudpacs's folder store). System calls release the GIL."""
+    root = os.path.join(workdir, "durable-files-%d" % os.getpid())
+    data = os.urandom(size)
+    per_writer = count // writers
+
+    def work(w):
+        for b in range(0, per_writer, per_folder):
+            folder = os.path.join(root, "w%d" % w, "f%d" % b)
+            os.makedirs(folder)
+            for i in range(min(per_folder, per_writer - b)):
+                tmp, dest = os.path.join(folder, ".%d.tmp" % i), os.path.join(folder, "%d" % i)
+                fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+                try:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, dest)
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(writers)]
+    t0, c0 = time.perf_counter(), os.times()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall, c1 = time.perf_counter() - t0, os.times()
+    n = per_writer * writers
+    cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    return {"files": n, "bytes_per_file": size, "writers": writers, "wall_s": wall,
+            "files_per_s": n / wall, "mb_per_s": n * size / 1e6 / wall,
+            "cpu_ms_per_file": 1000 * cpu / n}
+
+
 # --------------------------------------------------------------------------------------
 # wrk: a compiled client for the frame latencies
 # --------------------------------------------------------------------------------------

@@ -143,11 +143,25 @@ def main(path, analysis=True):
     row("Server CPU ms per scale instance (first step)", lambda s: per(g(P, "stow_scale_%d" % n0, s, "host", "server_cpu_s"), g(P, "stow_scale_%d" % n0, s, "instances_ok")), False, nd=2)
     fails = {s: sum((g(P, ph, s, "instances_failed") or 0) for ph in P if ph.startswith("stow")) for s in have}
     w("\nFailed instances over all STOW phases: " + ", ".join("%s %d" % kv for kv in fails.items()) + ".\n")
+    for name, phase in (("clinical", "stow_clinical"), ("scale", "stow_scale_%d" % n0)):
+        df = g(P, "durable_files", name)
+        if not df:
+            continue
+        o = g(P, phase, "orthanc", "instances_per_s")
+        w("\nThe file system alone, no archive, %s set (`client.durable_files`: %d files of %d "
+          "bytes, best of 4 and 16 writers (%d), each file created, written, fsynced and renamed, "
+          "one folder fsync per 25): **%s files/s, %s MB/s**, %.2f ms CPU per file%s. That is "
+          "what this file system allows an archive that keeps each instance in its own durable "
+          "file, before any parsing or indexing.\n" % (
+              name, df["files"], df["bytes_per_file"], df["writers"], f(df["files_per_s"]),
+              f(df["mb_per_s"]), df["cpu_ms_per_file"],
+              "; 3× Orthanc would be %s instances/s, %.0f%% of it" % (
+                  f(3 * o), 300 * o / df["files_per_s"]) if o else ""))
 
     # ---------------------------------------------------------------- qido
     w("## Search (QIDO-RS, 1 client): p50 / p95 / p99 ms\n")
     w("Each query type runs %s times per size (interleaved, after 3 warm-up rounds; fewer when a "
-      "round-robin pass exceeded 4 min), with parameters drawn from the loaded studies by a seeded "
+      "server's searches at one size passed 4 minutes, after at least 20 rounds), with parameters drawn from the loaded studies by a seeded "
       "RNG, so every server gets the same requests. Every answer's result count is checked against "
       "the dataset (mismatches below).\n" % r.get("qido_reps", "up to 60"))
     types = None

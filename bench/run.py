@@ -234,7 +234,7 @@ def main(argv=None):
     ap.add_argument("--steps", default=None, help="scale steps in studies (default 1000,10000,100000)")
     ap.add_argument("--orthanc-max", type=int, default=10000, help="largest scale step for Orthanc")
     ap.add_argument("--pg-max", type=int, default=None,
-                    help="largest scale step for cloudpacs-pg (default 10000, to keep the run near 40 min)")
+                    help="largest scale step for cloudpacs-pg (default: the largest step)")
     ap.add_argument("--big-slices", type=int, default=None, help="slices of the big study (4000 = 2.1 GB)")
     ap.add_argument("--big-servers", default="cloudpacs,cloudpacs-pg")
     ap.add_argument("--qido-reps", type=int, default=None)
@@ -243,8 +243,8 @@ def main(argv=None):
     q = a.quick
     steps = [int(x) for x in (a.steps or ("500,2000" if q else "1000,10000,100000")).split(",")]
     big_slices = a.big_slices if a.big_slices is not None else (200 if q else 4000)
-    qreps = a.qido_reps or (15 if q else 300)
-    pg_max = a.pg_max if a.pg_max is not None else min(max(steps), 10000)
+    qreps = a.qido_reps or (15 if q else 1000)
+    pg_max = a.pg_max if a.pg_max is not None else max(steps)
     phases = a.phases.split(",")
 
     log("dataset: %s" % a.data)
@@ -303,6 +303,15 @@ def main(argv=None):
                 save()
 
         each("floor", lambda i: client.floor(i, i["floor_path"]))
+
+        def durable_files(name, count, size):
+            """The file system's own cost of a set's instances: the bound of any STOW."""
+            log("durable files (%s): %d x %d bytes" % (name, count, size))
+            P.setdefault("durable_files", {})[name] = max(
+                (client.durable_files(a.work, count, size, writers=w) for w in (4, 16)),
+                key=lambda x: x["files_per_s"])
+            save()
+
         clin = manifest["clinical"]["studies"]
         if "clinical" in phases:
             jobs, mf_job, mf_bytes = [], None, 0
@@ -314,6 +323,8 @@ def main(argv=None):
                     for x in se["instances"]:
                         if x["frames"] > 1:
                             mf_job, mf_bytes = ("parts", [x["path"]]), x["size"]
+            sizes = [x["size"] for st in clin for se in st["series"] for x in se["instances"] if x["frames"] == 1]
+            durable_files("clinical", len(sizes), sum(sizes) // max(1, len(sizes)))
             each("stow_clinical", lambda i: client.stow(i, jobs, a.data, 4, "clinical single-frame, 10/request"))
             if mf_job:
                 each("stow_multiframe", lambda i: client.stow(i, [mf_job], a.data, 1, "600-frame instance"))
@@ -361,6 +372,9 @@ def main(argv=None):
             bodies = manifest["scale"]["bodies"]
             prev = 0
             n_clin = len(clin) if "clinical" in phases else 0
+            first = [b for b in bodies if b["to"] <= steps[0]]
+            n_inst = sum(b["instances"] for b in first)
+            durable_files("scale", n_inst, sum(b["bytes"] for b in first) // max(1, n_inst))
             for n in steps:
                 jobs = [("file", b["path"]) for b in bodies if prev <= b["from"] and b["to"] <= n]
                 only = [s.name for s in servers

@@ -11,7 +11,7 @@ use entity::{instance, series, study, study_share};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, Query, SimpleExpr};
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, JoinType, Order, QueryFilter, QueryOrder, QuerySelect,
-    RelationTrait,
+    QueryTrait, RelationTrait,
 };
 
 use super::{DbError, HospitalDb};
@@ -196,11 +196,12 @@ impl HospitalDb {
         } else {
             Expr::col((study::Entity, study::Column::Id))
         };
-        // The page is chosen on ids alone, then only its rows are read: a
-        // broad match (`PatientName=THO*` is thousands of studies at 100k)
-        // is then sorted from the filter's index, which holds the id, and
-        // never reads (or, on PostgreSQL, de-TOASTs) the rows it skips.
-        let ids: Vec<i64> = study::Entity::find()
+        // The page is chosen on ids alone (a subquery), then only its rows
+        // are read, in one statement: a broad match (`PatientName=THO*` is
+        // thousands of studies at 100k) is then sorted from the filter's
+        // index, which holds the id, and never reads (or, on PostgreSQL,
+        // de-TOASTs) the rows it skips. Both orders are newest first.
+        let page = study::Entity::find()
             .select_only()
             .column(study::Column::Id)
             .filter(self.visible_studies().await?)
@@ -208,11 +209,12 @@ impl HospitalDb {
             .order_by(order, Order::Desc)
             .offset(search.offset)
             .limit(search.limit)
-            .into_tuple()
+            .into_query();
+        Ok(study::Entity::find()
+            .filter(study::Column::Id.in_subquery(page))
+            .order_by(study::Column::Id, Order::Desc)
             .all(self.db.conn())
-            .await?;
-        let mut rows = self.studies_by_id(ids.iter().copied()).await?;
-        Ok(ids.iter().filter_map(|id| rows.remove(id)).collect())
+            .await?)
     }
 
     pub async fn search_series(&self, search: &Search) -> Result<Vec<SeriesHit>, DbError> {
