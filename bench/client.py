@@ -7,6 +7,7 @@ linearly interpolated. MB = 10^6 bytes.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -557,6 +558,9 @@ def floor(server, path, reps=300):
     return summary_ms(times)
 
 
+_durable_runs = itertools.count()
+
+
 def durable_files(workdir, count, size, writers=4, per_folder=25):
     """What one durable file per instance costs on this file system, without any
     archive: `writers` threads (the STOW clients' concurrency) each write files of
@@ -565,11 +569,18 @@ def durable_files(workdir, count, size, writers=4, per_folder=25):
     upper bound for the instances/s of any archive that stores each instance in
     its own file and acknowledges only durable data (Orthanc with
     SyncStorageArea, cloudpacs's folder store). System calls release the GIL."""
-    root = os.path.join(workdir, "durable-files-%d" % os.getpid())
+    root = os.path.join(workdir, "durable-files-%d-%d" % (os.getpid(), next(_durable_runs)))
     data = os.urandom(size)
     per_writer = count // writers
+    errors = []
 
     def work(w):
+        try:
+            write_files(w)
+        except OSError as e:
+            errors.append(e)
+
+    def write_files(w):
         for b in range(0, per_writer, per_folder):
             folder = os.path.join(root, "w%d" % w, "f%d" % b)
             os.makedirs(folder)
@@ -595,6 +606,8 @@ def durable_files(workdir, count, size, writers=4, per_folder=25):
     for t in threads:
         t.join()
     wall, c1 = time.perf_counter() - t0, os.times()
+    if errors:
+        raise errors[0]
     n = per_writer * writers
     cpu = (c1.user - c0.user) + (c1.system - c0.system)
     return {"files": n, "bytes_per_file": size, "writers": writers, "wall_s": wall,

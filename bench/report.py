@@ -148,7 +148,7 @@ def main(path, analysis=True):
         if not df:
             continue
         o = g(P, phase, "orthanc", "instances_per_s")
-        w("\nThe file system alone, no archive, %s set (`client.durable_files`: %d files of %d "
+        w("The file system alone, no archive, %s set (`client.durable_files`: %d files of %d "
           "bytes, best of 4 and 16 writers (%d), each file created, written, fsynced and renamed, "
           "one folder fsync per 25): **%s files/s, %s MB/s**, %.2f ms CPU per file%s. That is "
           "what this file system allows an archive that keeps each instance in its own durable "

@@ -2,7 +2,7 @@
 # The side-by-side benchmark (issue #8): cloudpacs (SQLite and PostgreSQL) vs.
 # Orthanc 1.10 + DICOMweb 1.7, same machine, same data, same client, one run.
 #
-#   bench/run.sh            # full run (~50 min): writes bench/RESULTS.md
+#   bench/run.sh            # full run (~30 min): writes bench/RESULTS.md
 #   bench/run.sh --quick    # smoke test (a few minutes): writes target/bench/RESULTS-quick.md
 #   bench/run.sh [run.py options]   e.g. --servers cloudpacs --steps 1000,10000
 #
