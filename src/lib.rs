@@ -13,6 +13,7 @@ pub mod db;
 pub mod dicom;
 pub mod dicomweb;
 pub mod error;
+pub mod heap;
 pub mod policy;
 pub mod retention;
 pub mod store;

@@ -130,27 +130,12 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    cloudpacs::heap::limit_arenas();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(run()),
         Err(e) => {
             eprintln!("cloudpacs: cannot start the runtime: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// glibc gives each thread that allocates its own malloc arena (up to 8 per
-/// core), and memory freed in one arena is not reused by the others: after
-/// a long ingest the process kept ~20 MiB more than it used. Two arenas,
-/// unless `MALLOC_ARENA_MAX` says otherwise; set before any thread starts.
-#[allow(unsafe_code)]
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a malloc parameter; no thread runs yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
 }
@@ -383,6 +368,8 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         })
     };
 
+    let trimmer = tokio::spawn(cloudpacs::heap::trim_when_idle());
+
     let audit = state.audit.clone();
     let retention_stop = Arc::new(tokio::sync::Notify::new());
     let retention = (config.policy.retention_interval_secs > 0).then(|| {
@@ -419,6 +406,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tokio::select! {
         result = &mut server => {
             sweeper.abort();
+            trimmer.abort();
             retention_stop.notify_one();
             audit.flush().await;
             return result.map_err(|e| e.to_string())?.map_err(|e| e.to_string());
@@ -428,6 +416,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tracing::info!("shutting down: finishing in-flight requests");
     shutdown.notify_one();
     sweeper.abort();
+    trimmer.abort();
     retention_stop.notify_one();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, server).await {

@@ -7,6 +7,7 @@
 mod common;
 
 use std::io::ErrorKind;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,9 +42,9 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 async fn spooled(spool: &Spool, data: &[u8]) -> cloudpacs::store::SpoolFile {
-    let mut w = spool.create().await.unwrap();
+    let mut w = spool.create();
     for chunk in data.chunks(256 * 1024) {
-        w.write(chunk).await.unwrap();
+        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
     }
     w.finish().await.unwrap()
 }
@@ -57,12 +58,15 @@ async fn read_all(s: cloudpacs::store::ByteStream) -> Vec<u8> {
     .unwrap()
 }
 
-/// Put a blob and check that the spool file was consumed.
+/// Put a blob and check that its spool file, if any, was consumed.
 async fn put(store: &dyn BlobStore, spool: &Spool, key: &BlobKey, data: &[u8]) {
     let file = spooled(spool, data).await;
-    let path = file.path().to_owned();
+    let path = file.path().map(Path::to_owned);
     store.put(key, file).await.unwrap();
-    assert!(!path.exists(), "the spool file is consumed");
+    assert!(
+        path.is_none_or(|p| !p.exists()),
+        "the spool file is consumed"
+    );
 }
 
 async fn expect_err(r: Result<cloudpacs::store::ByteStream, StoreError>) -> StoreError {
@@ -167,9 +171,71 @@ async fn contract(store: Arc<dyn BlobStore>, spool: &Spool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_folder_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FsStore::open(dir.path().join("blobs")).await.unwrap();
+    let store = Arc::new(FsStore::open(dir.path().join("blobs")).await.unwrap());
+    // small parts from memory, large ones from spool files
     let spool = Spool::open(dir.path().join("spool")).await.unwrap();
-    contract(Arc::new(store), &spool).await;
+    contract(store.clone(), &spool).await;
+    // every part from a spool file
+    let spool = Spool::with_memory(dir.path().join("spool"), 0)
+        .await
+        .unwrap();
+    contract(store, &spool).await;
+}
+
+/// Parts up to 1 MiB stay in memory while the budget lasts; the others go
+/// to spool files. Either way the bytes and the SHA-256 are the part's, and
+/// a part dropped gives its memory back and leaves no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_keeps_small_parts_in_memory_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::with_memory(dir.path().join("spool"), 3 * MIB)
+        .await
+        .unwrap();
+    let files_in_spool = || std::fs::read_dir(spool.dir()).unwrap().count();
+    let check = |file: &cloudpacs::store::SpoolFile, data: &[u8]| {
+        assert_eq!(file.size, data.len() as u64);
+        assert_eq!(file.sha256, hex::encode(Sha256::digest(data)));
+        match (file.chunks(), file.path()) {
+            (Some(chunks), None) => assert!(chunks.concat() == data),
+            (None, Some(path)) => assert!(std::fs::read(path).unwrap() == data),
+            other => panic!("{other:?}"),
+        }
+    };
+    let part = pattern(MIB, 1);
+    let a = spooled(&spool, &part).await;
+    let b = spooled(&spool, &part).await;
+    assert!(a.chunks().is_some() && b.chunks().is_some());
+    // over 1 MiB: a file, whatever the budget
+    let large = pattern(MIB + 1, 2);
+    let c = spooled(&spool, &large).await;
+    assert!(c.path().is_some());
+    // the budget is spent after the first 1 MiB (of 3)
+    let d = spooled(&spool, &part).await;
+    let e = spooled(&spool, &part).await;
+    assert!(d.chunks().is_some() && e.path().is_some());
+    for (file, data) in [
+        (&a, &part),
+        (&b, &part),
+        (&c, &large),
+        (&d, &part),
+        (&e, &part),
+    ] {
+        check(file, data);
+    }
+    assert_eq!(files_in_spool(), 2);
+    drop((a, c, e));
+    assert_eq!(files_in_spool(), 0);
+    let f = spooled(&spool, &part).await;
+    assert!(f.chunks().is_some(), "a dropped part gives its memory back");
+    check(&f, &part);
+    // an empty part, and one abandoned half-way through a file
+    let empty = spooled(&spool, &[]).await;
+    check(&empty, &[]);
+    let mut abandoned = spool.create();
+    abandoned.write(Bytes::from(large.clone())).await.unwrap();
+    assert_eq!(files_in_spool(), 1);
+    drop(abandoned);
+    assert_eq!(files_in_spool(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +286,7 @@ async fn s3_failed_multipart_upload_is_aborted() {
     // read, after the first ones were sent.
     let mut file = spooled(&spool, &pattern(11 * MIB, 3)).await;
     file.size += 4 * MIB as u64;
-    let path = file.path().to_owned();
+    let path = file.path().unwrap().to_owned();
     let k = key("hosp_a", 1);
     assert!(store.put(&k, file).await.is_err());
     assert!(!path.exists(), "the spool file is removed after a failure");
@@ -243,12 +309,12 @@ async fn s3_down_fails_cleanly_and_recovers() {
     let started = Instant::now();
     for (n, size) in [(2, 1000), (3, 11 * MIB)] {
         let file = spooled(&spool, &pattern(size, 4)).await;
-        let path = file.path().to_owned();
+        let path = file.path().map(Path::to_owned);
         match store.put(&key("hosp_a", n), file).await {
             Err(StoreError::Unavailable(_)) => {}
             other => panic!("{size} bytes: {other:?}"),
         }
-        assert!(!path.exists());
+        assert!(path.is_none_or(|p| !p.exists()));
     }
     assert!(matches!(
         expect_err(store.get(&kept).await).await,

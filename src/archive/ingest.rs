@@ -4,7 +4,8 @@
 //! A failure at any step leaves nothing visible and nothing leaked.
 
 use crate::db::{HospitalDb, IndexConflict, Indexed, NewInstance};
-use crate::dicom::{InspectError, Inspected, Uid, inspect_file};
+use crate::dicom::{InspectError, Inspected, Uid, inspect, inspect_file};
+use crate::store::spool::Source;
 use crate::store::{BlobKey, SpoolFile};
 
 use super::Archive;
@@ -137,10 +138,14 @@ impl Archive {
 
         let mut outcomes: Vec<Option<PartOutcome>> = (0..files.len()).map(|_| None).collect();
         // Inspection is CPU work: on the blocking pool, two at a time.
-        let paths: Vec<std::path::PathBuf> = files.iter().map(|f| f.path().to_owned()).collect();
-        let inspected: Vec<Result<Inspected, PartOutcome>> = stream::iter(paths)
-            .map(|path| async move {
-                match tokio::task::spawn_blocking(move || inspect_file(&path)).await {
+        let sources: Vec<(Source, u64)> = files.iter().map(|f| (f.source(), f.size)).collect();
+        let inspected: Vec<Result<Inspected, PartOutcome>> = stream::iter(sources)
+            .map(|(source, len)| async move {
+                let inspect = move || match source {
+                    Source::Memory(reader) => inspect(reader, len),
+                    Source::File(path) => inspect_file(&path),
+                };
+                match tokio::task::spawn_blocking(inspect).await {
                     Ok(Ok(i)) => Ok(i),
                     Ok(Err(e)) => Err(PartOutcome::failed(FailureReason::from(&e), e.to_string())),
                     Err(_) => Err(PartOutcome::failed(

@@ -4,7 +4,6 @@
 //! finds the row, the secret proves possession.
 
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "cpk_";
 
@@ -43,7 +42,10 @@ pub fn parse(presented: &str) -> Option<(&str, &str)> {
 }
 
 pub fn hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        secret.as_bytes(),
+    ))
 }
 
 /// Constant-time comparison of the presented secret's hash with the stored one.

@@ -1,12 +1,17 @@
 //! Indexing the instances of one STOW request together: one transaction,
 //! so one commit (one fsync of the index) for the lot instead of one per
-//! instance. Each instance is indexed in its own savepoint, so a conflict
-//! (duplicate, series of another study, quota) or an error of one instance
-//! leaves the others; a unique-key race with a concurrent ingest of the same
-//! UIDs is retried once (the second attempt sees the winner's rows). What
-//! is the same for the whole batch is written once, at the end: the counts
-//! of each touched series and study, the journal entries of the indexed
-//! blobs, and the hospital's usage.
+//! instance. What is the same for the whole batch is written once, at the
+//! end: the counts of each touched series and study, the journal entries of
+//! the indexed blobs, and the hospital's usage.
+//!
+//! The batch is first indexed straight in its transaction, which is all
+//! that is needed when nothing conflicts (the common case). When an
+//! instance conflicts (duplicate, series of another study, quota) or fails,
+//! that attempt is rolled back and the batch indexed again with each
+//! instance in its own savepoint, so that one instance's conflict or error
+//! leaves the others; there a unique-key race with a concurrent ingest of
+//! the same UIDs is retried once (the second attempt sees the winner's
+//! rows).
 //!
 //! The usage row is the one row every ingest of a hospital writes, so it is
 //! charged last, with the batch's total, and held only until the commit.
@@ -16,7 +21,7 @@
 use entity::pending_blob;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
 
-use super::instances::{Known, charge, recount};
+use super::instances::{Known, Placed, charge, recount};
 use super::{DbError, HospitalDb, IN_CHUNK, IndexConflict, Indexed, NewInstance, now_millis};
 use crate::config::DuplicatePolicy;
 
@@ -32,54 +37,55 @@ impl HospitalDb {
         news: &[NewInstance<'_>],
         policy: DuplicatePolicy,
     ) -> Result<Vec<BatchOutcome>, DbError> {
-        match self.index_batch(news, policy, false).await? {
-            Some(out) => Ok(out),
-            None => Ok(self
-                .index_batch(news, policy, true)
-                .await?
-                .expect("charged per instance")),
+        for attempt in [Attempt::Straight, Attempt::Savepoints] {
+            if let Some(out) = self.index_batch(news, policy, attempt).await? {
+                return Ok(out);
+            }
         }
+        Ok(self
+            .index_batch(news, policy, Attempt::ChargeEach)
+            .await?
+            .expect("charged per instance, in savepoints"))
     }
 
-    /// One attempt; `None` when `per_instance` is false and the batch's
-    /// total does not fit the quota (then nothing was indexed).
+    /// One attempt; `None` when it gave up (then nothing was indexed).
     async fn index_batch(
         &self,
         news: &[NewInstance<'_>],
         policy: DuplicatePolicy,
-        per_instance: bool,
+        attempt: Attempt,
     ) -> Result<Option<Vec<BatchOutcome>>, DbError> {
+        let per_instance = attempt == Attempt::ChargeEach;
         let txn = self.db.conn().begin().await?;
         let mut out = Vec::with_capacity(news.len());
-        let mut known = Known::default();
-        // (study, series) pairs to recount, indexed blobs, bytes added
-        let mut touched = Vec::new();
-        let mut journaled = Vec::new();
-        let mut total = 0;
+        let mut written = Written::default();
         for new in news {
-            let mut attempt = 0;
+            if attempt == Attempt::Straight {
+                match self
+                    .index_in(&txn, new, policy, &written.known, false)
+                    .await
+                {
+                    Ok(Ok(placed)) => {
+                        out.push(Ok(Ok(written.record(new, placed))));
+                        continue;
+                    }
+                    // a conflict or an error: again, in savepoints
+                    Ok(Err(_)) | Err(_) => {
+                        txn.rollback().await?;
+                        return Ok(None);
+                    }
+                }
+            }
+            let mut tries = 0;
             let outcome = loop {
                 let savepoint = txn.begin().await?;
                 match self
-                    .index_in(&savepoint, new, policy, &known, per_instance)
+                    .index_in(&savepoint, new, policy, &written.known, per_instance)
                     .await
                 {
                     Ok(Ok(placed)) => {
                         savepoint.commit().await?;
-                        let ins = new.inspected;
-                        known
-                            .studies
-                            .insert(ins.study_uid.to_string(), placed.study_pk);
-                        known.series.insert(
-                            ins.series_uid.to_string(),
-                            (placed.series_pk, placed.study_pk),
-                        );
-                        touched.extend(placed.touched);
-                        total += placed.delta;
-                        if placed.indexed != Indexed::Identical {
-                            journaled.push(new.blob_key.as_str());
-                        }
-                        break Ok(Ok(placed.indexed));
+                        break Ok(Ok(written.record(new, placed)));
                     }
                     Ok(Err(conflict)) => {
                         savepoint.rollback().await?;
@@ -88,11 +94,11 @@ impl HospitalDb {
                     Err(e) => {
                         savepoint.rollback().await?;
                         // a concurrent ingest of the same UIDs won a unique
-                        // key: the second attempt sees its rows
+                        // key: the second try sees its rows
                         let unique =
                             matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)));
-                        if unique && attempt == 0 {
-                            attempt += 1;
+                        if unique && tries == 0 {
+                            tries += 1;
                             continue;
                         }
                         break Err(DbError::from(e));
@@ -101,6 +107,12 @@ impl HospitalDb {
             };
             out.push(outcome);
         }
+        let Written {
+            touched,
+            journaled,
+            total,
+            ..
+        } = written;
         recount(&txn, &touched, now_millis()).await?;
         for chunk in journaled.chunks(IN_CHUNK) {
             pending_blob::Entity::delete_many()
@@ -109,10 +121,57 @@ impl HospitalDb {
                 .await?;
         }
         if !per_instance && !charge(&txn, self.hospital.pk, total).await? {
+            // over the quota: again, charging instance by instance
             txn.rollback().await?;
             return Ok(None);
         }
         txn.commit().await?;
         Ok(Some(out))
     }
+}
+
+/// What the instances indexed so far in a batch wrote.
+#[derive(Default)]
+struct Written<'a> {
+    known: Known,
+    /// (study, series) pairs to recount
+    touched: Vec<(i64, i64)>,
+    /// blobs now indexed
+    journaled: Vec<&'a str>,
+    /// bytes added
+    total: i64,
+}
+
+impl<'a> Written<'a> {
+    fn record(&mut self, new: &'a NewInstance<'_>, placed: Placed) -> Indexed {
+        let ins = new.inspected;
+        self.known
+            .studies
+            .insert(ins.study_uid.to_string(), placed.study_pk);
+        self.known.series.insert(
+            ins.series_uid.to_string(),
+            (placed.series_pk, placed.study_pk),
+        );
+        self.touched.extend(placed.touched);
+        self.total += placed.delta;
+        if placed.indexed != Indexed::Identical {
+            self.journaled.push(new.blob_key.as_str());
+        }
+        placed.indexed
+    }
+}
+
+/// How [`HospitalDb::index_batch`] indexes a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// In the transaction itself, the batch's total charged at the end;
+    /// gives up at the first conflict or error, or when the total does not
+    /// fit the quota.
+    Straight,
+    /// Each instance in its savepoint, the total charged at the end; gives
+    /// up when the total does not fit the quota.
+    Savepoints,
+    /// Each instance in its savepoint and charged on its own: the
+    /// instances that fit the quota are kept.
+    ChargeEach,
 }

@@ -57,7 +57,7 @@ pub enum IndexConflict {
 }
 
 fn json_text(map: &Map<String, Value>) -> String {
-    Value::Object(map.clone()).to_string()
+    serde_json::to_string(map).unwrap_or_default()
 }
 
 impl HospitalDb {

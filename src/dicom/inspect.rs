@@ -11,6 +11,7 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_encoding::transfer_syntax::Codec;
 use dicom_object::OpenFileOptions;
+use dicom_object::file::ReadPreamble;
 use dicom_object::meta::FileMetaTable;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde_json::{Map, Value};
@@ -114,13 +115,19 @@ impl InspectError {
     }
 }
 
-/// Inspect a Part-10 file on disk. Never panics on malformed input: every
-/// length is checked against the file size before anything is allocated.
+/// Inspect a Part-10 file on disk (see [`inspect`]).
 pub fn inspect_file(path: &Path) -> Result<Inspected, InspectError> {
     let file =
         File::open(path).map_err(|_| InspectError::Unparsable("spool file vanished".into()))?;
-    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    inspect(file, len)
+}
+
+/// Inspect a Part-10 file of `file_len` bytes read from `source`. Never
+/// panics on malformed input: every length is checked against the file
+/// size before anything is allocated.
+pub fn inspect<R: Read + Seek>(source: R, file_len: u64) -> Result<Inspected, InspectError> {
+    let mut reader = BufReader::with_capacity(64 * 1024, source);
 
     // Preamble: "DICM" at 128 (standard) or at 0 (no preamble).
     let mut head = [0u8; 132];
@@ -160,9 +167,13 @@ pub fn inspect_file(path: &Path) -> Result<Inspected, InspectError> {
     };
 
     // The data set up to the pixel data, for attributes and metadata.
+    reader
+        .seek(SeekFrom::Start(meta_start))
+        .map_err(|_| InspectError::Truncated)?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
-        .open_file(path)
+        .read_preamble(ReadPreamble::Never)
+        .from_reader(&mut reader)
         .map_err(|e| InspectError::Unparsable(e.to_string()))?;
     let bulk: HashSet<String> = layout.bulk.iter().map(|(p, _)| p.clone()).collect();
     let mut metadata = json::dataset_to_json(&obj, &bulk);
@@ -316,7 +327,7 @@ fn extended_offsets(obj: &dicom_object::DefaultDicomObject) -> Option<(Vec<u64>,
 
 /// Whether a codestream starts at `offset`: JPEG SOI (FFD8) or JPEG 2000 SOC
 /// (FF4F), or a JP2 signature box.
-fn codestream_starts_at(file: &mut File, offset: u64) -> bool {
+fn codestream_starts_at(file: &mut (impl Read + Seek), offset: u64) -> bool {
     let mut b = [0u8; 4];
     if file.seek(SeekFrom::Start(offset)).is_err() || file.read_exact(&mut b).is_err() {
         return false;

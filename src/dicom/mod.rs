@@ -10,7 +10,7 @@ pub mod layout;
 pub mod query;
 pub mod uid;
 
-pub use inspect::{InspectError, Inspected, inspect_file};
+pub use inspect::{InspectError, Inspected, inspect, inspect_file};
 pub use uid::Uid;
 
 /// Well-known DICOM tags used across the crate, as `(group, element)` keys of

@@ -1,5 +1,5 @@
 //! multipart/related (RFC 2387) in: the STOW-RS request body, part by part,
-//! each part streamed to a spool file. Lenient on what real clients send
+//! each part spooled as it arrives (see [`Spool`]). Lenient on what real clients send
 //! (quoted or unquoted `boundary` and `type`, a leading CRLF, per-part
 //! `Content-Length`, chunked bodies, no final CRLF, junk after the closing
 //! delimiter); strict on size.
@@ -166,14 +166,20 @@ impl DelimiterCounter {
     }
 
     fn feed(&mut self, chunk: &[u8]) {
-        // The tail is shorter than the delimiter, so every match found here
-        // ends in this chunk and none is counted twice.
-        let mut window = std::mem::take(&mut self.tail);
-        window.extend_from_slice(chunk);
-        let n = self.finder.find_iter(&window).count();
-        self.count.fetch_add(n, Ordering::Relaxed);
+        // A match that starts in the tail ends in the chunk's first
+        // `keep` bytes (the tail is shorter than the delimiter), and one
+        // found in the chunk alone starts after the tail: none is counted
+        // twice, and the chunk itself is never copied.
         let keep = self.finder.needle().len() - 1;
-        self.tail = window[window.len().saturating_sub(keep)..].to_vec();
+        let mut seam = std::mem::take(&mut self.tail);
+        seam.extend_from_slice(&chunk[..keep.min(chunk.len())]);
+        let n = self.finder.find_iter(&seam).count() + self.finder.find_iter(chunk).count();
+        self.count.fetch_add(n, Ordering::Relaxed);
+        self.tail = if chunk.len() >= keep {
+            chunk[chunk.len() - keep..].to_vec()
+        } else {
+            seam[seam.len().saturating_sub(keep)..].to_vec()
+        };
     }
 }
 
@@ -218,7 +224,7 @@ impl Parts {
         })
     }
 
-    /// Stream the next part into a spool file.
+    /// Receive the next part (into memory or a spool file).
     pub async fn next(&mut self, spool: &Spool) -> Result<Next, ApiError> {
         if self.broken {
             return Ok(Next::End);
@@ -246,12 +252,12 @@ impl Parts {
         let media_ok = field
             .content_type()
             .is_none_or(|m| m.essence_str().eq_ignore_ascii_case("application/dicom"));
-        let mut writer = spool.create().await.map_err(ApiError::internal)?;
+        let mut writer = spool.create();
         loop {
             match fed(&gate, field.chunk()).await {
                 Ok(Some(chunk)) => {
                     if media_ok {
-                        writer.write(&chunk).await.map_err(ApiError::internal)?;
+                        writer.write(chunk).await.map_err(ApiError::internal)?;
                     }
                 }
                 Ok(None) => break,
@@ -303,6 +309,43 @@ impl Parts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// However the body is cut into chunks, every delimiter is counted
+        /// once (the counter sees the body as if it began with a CRLF).
+        #[test]
+        fn delimiters_counted_once_across_chunks(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b"\r\n--bnd".to_vec()),
+                    proptest::collection::vec(proptest::prop_oneof![
+                        proptest::strategy::Just(b'\r'),
+                        proptest::strategy::Just(b'\n'),
+                        proptest::strategy::Just(b'-'),
+                        proptest::strategy::Just(b'b'),
+                        proptest::strategy::Just(b'x'),
+                    ], 0..12),
+                ],
+                0..40,
+            ),
+            cuts in proptest::collection::vec(0usize..400, 0..30),
+        ) {
+            let body: Vec<u8> = pieces.concat();
+            let mut whole = b"\r\n".to_vec();
+            whole.extend_from_slice(&body);
+            let expected = memchr::memmem::find_iter(&whole, b"\r\n--bnd").count();
+            let count = Arc::new(AtomicUsize::new(0));
+            let mut counter = DelimiterCounter::new("bnd", count.clone());
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+            cuts.sort_unstable();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([body.len()]) {
+                counter.feed(&body[start..cut]);
+                start = cut;
+            }
+            proptest::prop_assert_eq!(count.load(Ordering::Relaxed), expected);
+        }
+    }
 
     #[test]
     fn content_types_real_clients_send() {

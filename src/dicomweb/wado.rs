@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::accept::{self, BulkRep, FramesRep, Packaging};
 use super::{InstancePath, SeriesPath, StudyPath, WebRoot};
@@ -266,8 +265,8 @@ fn complete_bulk_uris(json: &str, prefix: &str) -> String {
 /// Weak because gzip changes the bytes, not the meaning.
 fn etag(scope: &HospitalDb, located: &Located, root: &WebRoot) -> String {
     let f = located.filter;
-    let mut h = Sha256::new();
-    h.update(
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         format!(
             "{}|{}|{}|{:?}|{:?}|{}",
             scope.hospital().pk,
@@ -279,8 +278,7 @@ fn etag(scope: &HospitalDb, located: &Located, root: &WebRoot) -> String {
         )
         .as_bytes(),
     );
-    let digest = h.finalize();
-    format!("W/\"{}\"", hex::encode(&digest[..16]))
+    format!("W/\"{}\"", hex::encode(&digest.as_ref()[..16]))
 }
 
 /// RFC 9110 §13.1.2: weak comparison against every listed tag, or `*`.

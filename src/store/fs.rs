@@ -1,9 +1,12 @@
 //! The local-folder blob store: the embedded default.
 //!
-//! A put moves the spool file into place (or copies it into a temporary file
-//! of the blob folder when it is on another file system), fsyncs it, renames
-//! it to its key and fsyncs the folder, so an acknowledged blob survives a
-//! crash and a half-written one is never under its key.
+//! A put writes a part held in memory to the file of its key (or moves its
+//! spool file there: a rename, or a copy when it is on another file system),
+//! fsyncs it and fsyncs the folder, so an acknowledged blob survives a
+//! crash. A crash in the middle of a put can leave a partial file under its
+//! key: ingest journals every key before its put, and the index never
+//! points to a blob before its put returned, so the sweep of the journal
+//! removes it (see `Archive::sweep_orphans`).
 
 use std::collections::BTreeSet;
 use std::io::SeekFrom;
@@ -23,24 +26,9 @@ pub struct FsStore {
 }
 
 impl FsStore {
-    /// Open (creating) the folder. Temporary files older than an hour are
-    /// left by a crash in the middle of a put and are removed.
+    /// Open (creating) the folder.
     pub async fn open(root: PathBuf) -> Result<Self, StoreError> {
-        let tmp = root.join(".tmp");
-        tokio::fs::create_dir_all(&tmp).await?;
-        let mut entries = tokio::fs::read_dir(&tmp).await?;
-        while let Some(entry) = entries.next_entry().await? {
-            let stale = entry
-                .metadata()
-                .await
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| {
-                    t.elapsed().unwrap_or_default() > std::time::Duration::from_secs(3600)
-                });
-            if stale {
-                let _ = tokio::fs::remove_file(entry.path()).await;
-            }
-        }
+        tokio::fs::create_dir_all(&root).await?;
         Ok(FsStore { root })
     }
 
@@ -87,73 +75,70 @@ fn read_range(path: &Path, offset: u64, length: u64) -> Result<bytes::Bytes, Sto
 /// Files fsynced at the same time by [`FsStore::put_many`].
 const SYNC_CONCURRENCY: usize = 16;
 
-/// Move a spool file to `dest` durably (blocking): into a temporary file of
-/// the blob folder (a rename, or a copy across file systems), fsync, rename.
-/// The caller fsyncs `dest`'s folder.
-fn place(root: &Path, src: &Path, dest: &Path) -> std::io::Result<()> {
+/// Write a received part to `dest` durably (blocking): from memory, or the
+/// spool file moved there (a rename, or a copy across file systems), then
+/// fsync. A failed write removes what it wrote. The caller fsyncs `dest`'s
+/// folder.
+fn place(mut file: SpoolFile, dest: &Path) -> std::io::Result<()> {
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = root
-        .join(".tmp")
-        .join(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
-    if std::fs::rename(src, &tmp).is_err() {
-        let copied = std::fs::copy(src, &tmp);
-        let _ = std::fs::remove_file(src);
-        copied?;
-    }
-    let result = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&tmp)
-        .and_then(|f| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, dest));
+    let result = match file.take_path() {
+        None => {
+            // keys are never reused: a file already there is not ours
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dest)?;
+            write_chunks(&mut out, file.chunks().unwrap_or_default()).and_then(|()| out.sync_all())
+        }
+        Some(src) => std::fs::rename(&src, dest)
+            .or_else(|_| {
+                let copied = std::fs::copy(&src, dest).map(drop);
+                let _ = std::fs::remove_file(&src);
+                copied
+            })
+            .and_then(|()| std::fs::OpenOptions::new().write(true).open(dest))
+            .and_then(|out| out.sync_all()),
+    };
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(dest);
     }
     result
 }
 
-async fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    tokio::fs::File::open(dir).await?.sync_all().await
+/// Write every chunk, a few system calls for the lot.
+fn write_chunks(out: &mut std::fs::File, chunks: &[bytes::Bytes]) -> std::io::Result<()> {
+    use std::io::{IoSlice, Write};
+    let mut slices: Vec<IoSlice<'_>> = chunks
+        .iter()
+        .filter(|c| !c.is_empty())
+        .map(|c| IoSlice::new(c))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
 impl BlobStore for FsStore {
     async fn put(&self, key: &BlobKey, file: SpoolFile) -> Result<(), StoreError> {
-        let dest = key.path_under(&self.root);
-        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
-        tokio::fs::create_dir_all(&parent).await?;
-        let src = file.take_path();
-        let tmp = self
-            .root
-            .join(".tmp")
-            .join(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
-        // Same file system: a rename; otherwise copy into the blob folder.
-        if tokio::fs::rename(&src, &tmp).await.is_err() {
-            let copied = tokio::fs::copy(&src, &tmp).await;
-            let _ = tokio::fs::remove_file(&src).await;
-            copied?;
-        }
-        let result = async {
-            tokio::fs::OpenOptions::new()
-                .write(true)
-                .open(&tmp)
-                .await?
-                .sync_all()
-                .await?;
-            tokio::fs::rename(&tmp, &dest).await?;
-            sync_dir(&parent).await
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        Ok(result?)
+        self.put_many(vec![(key.clone(), file)])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Io(std::io::Error::other("nothing was put"))))
     }
 
     async fn put_many(&self, items: Vec<(BlobKey, SpoolFile)>) -> Vec<Result<(), StoreError>> {
-        // Each file is moved, fsynced and renamed into place on the blocking
-        // pool, several at a time: concurrent fsyncs share the file system's
+        // Each part is written (or moved) to its place and fsynced on the
+        // blocking pool, several at a time: concurrent fsyncs share the file system's
         // journal commits. Then every folder that received a file is fsynced
         // once.
         let root = self.root.clone();
@@ -162,8 +147,7 @@ impl BlobStore for FsStore {
                 let root = root.clone();
                 async move {
                     let dest = key.path_under(&root);
-                    let src = file.take_path();
-                    tokio::task::spawn_blocking(move || place(&root, &src, &dest).map(|()| dest))
+                    tokio::task::spawn_blocking(move || place(file, &dest).map(|()| dest))
                         .await
                         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
                         .map_err(StoreError::from)

@@ -78,8 +78,10 @@ impl BlobKey {
 /// Storage of immutable blobs.
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + 'static {
-    /// Store a spooled file under `key`, durably: when this returns, the blob
-    /// survives a crash. The spool file is consumed.
+    /// Store a received part under `key`, durably: when this returns, the
+    /// blob survives a crash. The part is consumed. A put cut short by a
+    /// crash may leave a partial blob under `key`: callers journal the key
+    /// first (see `Archive::sweep_orphans`).
     async fn put(&self, key: &BlobKey, file: SpoolFile) -> Result<(), StoreError>;
     /// Store several spooled files, each as [`BlobStore::put`] does; one
     /// result per item, in order. Stores override it to make the lot

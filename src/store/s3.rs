@@ -7,9 +7,9 @@
 //! of the hospital (a name template holding `{hospitalId}`). It never lists
 //! a bucket: the index is the source of truth.
 //!
-//! Uploads stream from the spool file: one PutObject below the multipart
-//! threshold, else a multipart upload whose parts are read from the file as
-//! they are sent (memory stays at a few buffers whatever the size) and which
+//! Uploads send a part held in memory as it is, and stream one in a spool
+//! file: one PutObject below the multipart threshold, else a multipart
+//! upload whose parts are read from the file as they are sent (memory stays at a few buffers whatever the size) and which
 //! is aborted when any step fails, so no incomplete upload lingers.
 //!
 //! Checksums are computed only when an operation requires them
@@ -206,12 +206,7 @@ impl S3Store {
         object: &str,
         file: &SpoolFile,
     ) -> Result<(), StoreError> {
-        let body = SdkByteStream::read_from()
-            .path(file.path())
-            .length(Length::Exact(file.size))
-            .build()
-            .await
-            .map_err(|e| StoreError::Io(io::Error::other(e)))?;
+        let body = body_of(file, 0, file.size).await?;
         self.client
             .put_object()
             .bucket(bucket)
@@ -278,18 +273,11 @@ impl S3Store {
             let offset = i * part_size;
             (i + 1, offset, part_size.min(file.size - offset))
         });
-        let path = file.path();
         let completed: Vec<CompletedPart> = futures_util::stream::iter(parts)
             .map(|(number, offset, length)| async move {
                 let number = i32::try_from(number)
                     .map_err(|_| StoreError::Io(io::Error::other("too many parts")))?;
-                let body = SdkByteStream::read_from()
-                    .path(path)
-                    .offset(offset)
-                    .length(Length::Exact(length))
-                    .build()
-                    .await
-                    .map_err(|e| StoreError::Io(io::Error::other(e)))?;
+                let body = body_of(file, offset, length).await?;
                 let sent = self
                     .client
                     .upload_part()
@@ -327,6 +315,31 @@ impl S3Store {
             .map_err(|e| map_sdk_error("CompleteMultipartUpload", e))?;
         Ok(())
     }
+}
+
+/// `length` bytes at `offset` of a received part, as a request body: a
+/// slice of the part held in memory, or read from its spool file as it is
+/// sent.
+async fn body_of(file: &SpoolFile, offset: u64, length: u64) -> Result<SdkByteStream, StoreError> {
+    if let Some(chunks) = file.chunks() {
+        let bytes = match chunks {
+            [one] => one.clone(),
+            many => bytes::Bytes::from(many.concat()),
+        };
+        let range = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(offset + length).ok())
+            .filter(|(_, end)| *end <= bytes.len())
+            .ok_or_else(|| StoreError::Io(io::Error::other("range past the end of the part")))?;
+        return Ok(SdkByteStream::from(bytes.slice(range.0..range.1)));
+    }
+    SdkByteStream::read_from()
+        .path(file.path().unwrap_or_else(|| std::path::Path::new("")))
+        .offset(offset)
+        .length(Length::Exact(length))
+        .build()
+        .await
+        .map_err(|e| StoreError::Io(io::Error::other(e)))
 }
 
 #[async_trait::async_trait]
