@@ -19,7 +19,7 @@ const PART_IN_MEMORY_MAX: u64 = 1 << 20;
 
 /// Bytes of received parts kept in memory at once, over all requests, by
 /// [`Spool::open`]; the parts beyond it go to files.
-pub const MEMORY_BUDGET: usize = 24 << 20;
+pub const MEMORY_BUDGET: usize = 8 << 20;
 
 /// Where received parts are kept: a folder, and a memory budget.
 #[derive(Debug, Clone)]
