@@ -51,7 +51,7 @@ async fn store(
     let _ingesting = crate::heap::Ingesting::start();
     let archive = app.archive.clone();
     let mut parts = Parts::new(&headers, body, app.max_request_bytes)?;
-    // The body is read (parts spooled on disk) while the parts already
+    // The body is read (parts spooled, in memory or on disk) while the parts already
     // read are ingested: each ingest takes every part that arrived
     // meanwhile, up to a batch, so a fast client gets batches (a few
     // fsyncs, not four per instance) and a slow one has each part stored
