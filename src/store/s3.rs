@@ -7,10 +7,12 @@
 //! of the hospital (a name template holding `{hospitalId}`). It never lists
 //! a bucket: the index is the source of truth.
 //!
-//! Uploads send a part held in memory as it is, and stream one in a spool
-//! file: one PutObject below the multipart threshold, else a multipart
-//! upload whose parts are read from the file as they are sent (memory stays at a few buffers whatever the size) and which
-//! is aborted when any step fails, so no incomplete upload lingers.
+//! Uploads send a part held in memory as it is (at most 1 MiB: always one
+//! PutObject) and stream one in a spool file: one PutObject below the
+//! multipart threshold, else a multipart upload whose parts are read from
+//! the file as they are sent (memory stays at a few buffers whatever the
+//! size) and which is aborted when any step fails, so no incomplete upload
+//! lingers.
 //!
 //! Checksums are computed only when an operation requires them
 //! (`WhenRequired`): the SDK's default streaming checksums (aws-chunked
