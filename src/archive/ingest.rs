@@ -134,29 +134,47 @@ impl Archive {
         files: Vec<SpoolFile>,
         expected_study: Option<&Uid>,
     ) -> Vec<PartOutcome> {
-        use futures_util::{StreamExt, stream};
-
         let mut outcomes: Vec<Option<PartOutcome>> = (0..files.len()).map(|_| None).collect();
-        // Inspection is CPU work: on the blocking pool, two at a time.
+        // Inspection is CPU work: on the blocking pool, in two runs of
+        // consecutive parts (one hop per run, not per part: a batch of small
+        // instances is a hundred of them).
+        let cannot_parse = || {
+            PartOutcome::failed(
+                FailureReason::CannotUnderstand,
+                "the data set cannot be parsed",
+            )
+        };
         let sources: Vec<(Source, u64)> = files.iter().map(|f| (f.source(), f.size)).collect();
-        let inspected: Vec<Result<Inspected, PartOutcome>> = stream::iter(sources)
-            .map(|(source, len)| async move {
-                let inspect = move || match source {
-                    Source::Memory(reader) => inspect(reader, len),
-                    Source::File(path) => inspect_file(&path),
-                };
-                match tokio::task::spawn_blocking(inspect).await {
-                    Ok(Ok(i)) => Ok(i),
-                    Ok(Err(e)) => Err(PartOutcome::failed(FailureReason::from(&e), e.to_string())),
-                    Err(_) => Err(PartOutcome::failed(
-                        FailureReason::CannotUnderstand,
-                        "the data set cannot be parsed",
-                    )),
-                }
-            })
-            .buffered(2)
-            .collect()
-            .await;
+        let per_run = sources.len().div_ceil(2).max(1);
+        let mut runs = Vec::new();
+        let mut sources = sources.into_iter().peekable();
+        while sources.peek().is_some() {
+            let run: Vec<(Source, u64)> = sources.by_ref().take(per_run).collect();
+            runs.push(tokio::task::spawn_blocking(move || {
+                run.into_iter()
+                    .map(|(source, len)| {
+                        // a panic in the parser fails its part only
+                        let parsed = std::panic::catch_unwind(move || match source {
+                            Source::Memory(reader) => inspect(reader, len),
+                            Source::File(path) => inspect_file(&path),
+                        });
+                        match parsed {
+                            Ok(Ok(i)) => Ok(i),
+                            Ok(Err(e)) => {
+                                Err(PartOutcome::failed(FailureReason::from(&e), e.to_string()))
+                            }
+                            Err(_) => Err(cannot_parse()),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut inspected: Vec<Result<Inspected, PartOutcome>> = Vec::with_capacity(files.len());
+        for run in runs {
+            // (the run itself cannot panic: it catches its parts' panics)
+            inspected.extend(run.await.unwrap_or_default());
+        }
+        inspected.resize_with(files.len(), || Err(cannot_parse()));
 
         let mut headroom = match scope.storage_headroom().await {
             Ok(room) => room,

@@ -79,7 +79,7 @@ impl Db {
             updated_at: Set(now),
             ..Default::default()
         };
-        Ok(am.insert(&self.conn).await?)
+        Ok(am.insert(&self.writer).await?)
     }
 
     pub async fn hospital_model(&self, id: &str) -> Result<hospital::Model, DbError> {
@@ -129,7 +129,7 @@ impl Db {
             am.settings = Set(settings);
         }
         am.updated_at = Set(now_millis());
-        Ok(am.update(&self.conn).await?)
+        Ok(am.update(&self.writer).await?)
     }
 
     pub async fn create_key(
@@ -150,7 +150,7 @@ impl Db {
             revoked_at: Set(None),
             ..Default::default()
         };
-        Ok(am.insert(&self.conn).await?)
+        Ok(am.insert(&self.writer).await?)
     }
 
     /// An active (not revoked) key and its hospital, in one query (it runs on every
@@ -179,7 +179,7 @@ impl Db {
             .ok_or(DbError::NotFound)?;
         let mut am: api_key::ActiveModel = key.into();
         am.revoked_at = Set(Some(now_millis()));
-        am.update(&self.conn).await?;
+        am.update(&self.writer).await?;
         Ok(())
     }
 
@@ -187,7 +187,7 @@ impl Db {
     /// already: [`DbError::UserQuota`]. The hospital row is locked for the
     /// count and the insert, so concurrent creations cannot overshoot.
     pub async fn create_user(&self, new: NewUser) -> Result<user::Model, DbError> {
-        let txn = self.conn.begin().await?;
+        let txn = self.writer.begin().await?;
         txn.execute_raw(Statement::from_sql_and_values(
             txn.get_database_backend(),
             "UPDATE hospitals SET updated_at = updated_at WHERE id = $1",
@@ -301,7 +301,7 @@ impl Db {
     /// Hand a user a TOTP secret to confirm (replacing an unconfirmed one).
     pub async fn set_totp_pending(&self, user_id: i64, secret: &str) -> Result<(), DbError> {
         let res = self
-            .conn
+            .writer
             .execute_raw(Statement::from_sql_and_values(
                 self.backend(),
                 "UPDATE users SET totp_pending = $1 WHERE id = $2",
@@ -323,7 +323,7 @@ impl Db {
         step: i64,
     ) -> Result<bool, DbError> {
         let res = self
-            .conn
+            .writer
             .execute_raw(Statement::from_sql_and_values(
                 self.backend(),
                 "UPDATE users SET totp_secret = totp_pending, totp_pending = NULL, totp_last_step = $1 \
@@ -338,7 +338,7 @@ impl Db {
     /// later one) was used already (a replay).
     pub async fn use_totp_step(&self, user_id: i64, step: i64) -> Result<bool, DbError> {
         let res = self
-            .conn
+            .writer
             .execute_raw(Statement::from_sql_and_values(
                 self.backend(),
                 "UPDATE users SET totp_last_step = $1 \
@@ -353,7 +353,7 @@ impl Db {
         let user = self.user_by_id(id).await?.ok_or(DbError::NotFound)?;
         let mut am: user::ActiveModel = user.into();
         am.is_active = Set(active);
-        am.update(&self.conn).await?;
+        am.update(&self.writer).await?;
         Ok(())
     }
 
@@ -361,7 +361,7 @@ impl Db {
         if let Some(user) = self.user_by_id(id).await? {
             let mut am: user::ActiveModel = user.into();
             am.last_login = Set(Some(now_millis()));
-            am.update(&self.conn).await?;
+            am.update(&self.writer).await?;
         }
         Ok(())
     }
@@ -396,7 +396,7 @@ impl Db {
             created_at: Set(now_millis()),
             ..Default::default()
         };
-        match am.insert(&self.conn).await {
+        match am.insert(&self.writer).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let e = DbError::from(e);
@@ -415,7 +415,7 @@ impl Db {
             .filter(study_share::Column::OwnerHospitalId.eq(owner_pk))
             .filter(study_share::Column::StudyUid.eq(study_uid))
             .filter(study_share::Column::TargetHospitalId.eq(target_pk))
-            .exec(&self.conn)
+            .exec(&self.writer)
             .await?;
         if res.rows_affected == 0 {
             Err(DbError::NotFound)

@@ -25,7 +25,7 @@ impl Db {
             return Ok(());
         }
         audit_log::Entity::insert_many(rows)
-            .exec_without_returning(&self.conn)
+            .exec_without_returning(&self.writer)
             .await?;
         Ok(())
     }

@@ -56,7 +56,7 @@ impl HospitalDb {
         attempt: Attempt,
     ) -> Result<Option<Vec<BatchOutcome>>, DbError> {
         let per_instance = attempt == Attempt::ChargeEach;
-        let txn = self.db.conn().begin().await?;
+        let txn = self.db.writer.begin().await?;
         let mut out = Vec::with_capacity(news.len());
         let mut written = Written::default();
         for new in news {

@@ -19,7 +19,7 @@ impl Db {
         ttl_ms: i64,
     ) -> Result<bool, DbError> {
         let res = self
-            .conn
+            .writer
             .execute_raw(Statement::from_sql_and_values(
                 self.backend(),
                 "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
@@ -38,7 +38,7 @@ impl Db {
 
     /// Give a lease up (only its holder can).
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), DbError> {
-        self.conn
+        self.writer
             .execute_raw(Statement::from_sql_and_values(
                 self.backend(),
                 "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2",

@@ -301,7 +301,7 @@ impl HospitalDb {
         if f.hospital_pk != self.hospital.pk {
             return Err(DbError::NotFound);
         }
-        let txn = self.db.conn().begin().await?;
+        let txn = self.db.writer.begin().await?;
         let now = now_millis();
         // Lock the study row first, as ingest does, so a concurrent ingest
         // into this study waits and the recounts stay exact.

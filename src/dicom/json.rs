@@ -12,7 +12,7 @@ use dicom_core::{DicomValue, Tag, VR};
 use dicom_object::InMemDicomObject;
 use serde_json::{Map, Value, json};
 
-use super::layout::element_path;
+use super::layout::{element_path, tag_key};
 
 /// Serialize `obj`; `bulk` holds the paths of values to reference by URI.
 pub fn dataset_to_json(obj: &InMemDicomObject, bulk: &HashSet<String>) -> Map<String, Value> {
@@ -32,7 +32,7 @@ fn walk(
             // file meta and group lengths are not part of the data set's JSON
             continue;
         }
-        let key = format!("{:04X}{:04X}", tag.0, tag.1);
+        let key = tag_key(tag);
         let value = match elem.value() {
             DicomValue::Sequence(seq) => {
                 let items: Vec<Value> = seq
@@ -54,15 +54,14 @@ fn walk(
             }
             DicomValue::PixelSequence(_) => bulk_ref(elem.vr(), element_path(parents, tag)),
             DicomValue::Primitive(_) => {
-                let path = element_path(parents, tag);
-                if bulk.contains(&path) {
-                    bulk_ref(elem.vr(), path)
-                } else {
-                    match dicom_json::to_value(elem) {
+                let path = (!bulk.is_empty()).then(|| element_path(parents, tag));
+                match path {
+                    Some(path) if bulk.contains(&path) => bulk_ref(elem.vr(), path),
+                    _ => match dicom_json::to_value(elem) {
                         Ok(v) => numbers_for_decimal_strings(elem.vr(), v),
                         // an element dicom-json cannot express is left out
                         Err(_) => continue,
-                    }
+                    },
                 }
             }
         };
