@@ -150,7 +150,8 @@ impl Archive {
         let mut sources = sources.into_iter().peekable();
         while sources.peek().is_some() {
             let run: Vec<(Source, u64)> = sources.by_ref().take(per_run).collect();
-            runs.push(tokio::task::spawn_blocking(move || {
+            let len = run.len();
+            let task = tokio::task::spawn_blocking(move || {
                 run.into_iter()
                     .map(|(source, len)| {
                         // a panic in the parser fails its part only
@@ -167,14 +168,17 @@ impl Archive {
                         }
                     })
                     .collect::<Vec<_>>()
-            }));
+            });
+            runs.push((len, task));
         }
         let mut inspected: Vec<Result<Inspected, PartOutcome>> = Vec::with_capacity(files.len());
-        for run in runs {
-            // (the run itself cannot panic: it catches its parts' panics)
-            inspected.extend(run.await.unwrap_or_default());
+        for (len, task) in runs {
+            match task.await {
+                Ok(results) => inspected.extend(results),
+                // (the run catches its parts' panics: only a runtime shutting down)
+                Err(_) => inspected.extend((0..len).map(|_| Err(cannot_parse()))),
+            }
         }
-        inspected.resize_with(files.len(), || Err(cannot_parse()));
 
         let mut headroom = match scope.storage_headroom().await {
             Ok(room) => room,

@@ -148,7 +148,7 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.writer
+        self.conn
             .execute_raw(Statement::from_string(self.backend(), "SELECT 1"))
             .await?;
         Ok(())
