@@ -223,6 +223,33 @@ async fn accepts_what_real_clients_send() {
     assert_eq!(app.blob_files().len(), 2);
 }
 
+/// Bad parts between good ones in one request (inspected in runs across the
+/// blocking pool): every outcome stays with its own part, in order.
+#[tokio::test]
+async fn outcomes_stay_in_part_order_across_inspection_runs() {
+    let app = TestApp::new().await;
+    let mut truncated = synth(202).frames(4).bytes();
+    truncated.truncate(truncated.len() - 300);
+    let parts = vec![
+        synth(201).bytes(),
+        b"not DICOM at all".to_vec(),
+        synth(203).bytes(),
+        synth(204).bytes(),
+        truncated,
+        synth(206).bytes(),
+        synth(207).bytes(),
+    ];
+    let (status, resp) = app.stow("/dicom-web/studies", multipart(&parts)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    assert_eq!(failure_reasons(&resp), vec![0xC000, 0xC000]);
+    let uid = |n: u32| format!("1.2.826.0.1.3680043.8.498.1.1.{n}");
+    assert_eq!(
+        referenced(&resp),
+        vec![uid(201), uid(203), uid(204), uid(206), uid(207)]
+    );
+    assert_eq!(app.instance_count().await, 5);
+}
+
 /// One bad part next to a good one: the good one is stored, the bad one is
 /// a FailedSOPSequence item with its reason; alone, nothing is stored.
 #[tokio::test]
