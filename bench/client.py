@@ -227,7 +227,9 @@ _BODIES = []
 
 def _body(job, data_dir):
     """A job's multipart body: ("file", path) is a prebuilt body, ("parts", [paths])
-    the instances to join."""
+    the instances to join, ("built", i) the body stow() built from such a job."""
+    if job[0] == "built":
+        return _BODIES[job[1]]
     if job[0] == "file":
         with open(os.path.join(data_dir, job[1]), "rb") as fh:
             return fh.read()
@@ -244,7 +246,7 @@ def _stow_worker(args):
     out = []
     for job in jobs:
         # a prebuilt body file is read here (the scale set does not fit in memory)
-        body = _BODIES[job] if isinstance(job, int) else _body(job, data_dir)
+        body = _body(job, data_dir)
         st, hd, data, dt, _ = h.request("POST", "/studies", body=body, headers={
             "Content-Type": STOW_CT, "Accept": "application/dicom+json"})
         ok = failed = 0
@@ -264,7 +266,7 @@ def stow(server, jobs, data_dir, concurrency=4, label=""):
     from instance files are built before the clock starts."""
     global _BODIES
     _BODIES = [_body(j, data_dir) if j[0] == "parts" else None for j in jobs]
-    jobs = [i if _BODIES[i] is not None else j for i, j in enumerate(jobs)]
+    jobs = [("built", i) if j[0] == "parts" else j for i, j in enumerate(jobs)]
     chunks = [jobs[i::concurrency] for i in range(concurrency)]
     try:
         with Sampler(server.get("pid")) as s:

@@ -113,6 +113,26 @@ struct Pending {
     sha256: String,
 }
 
+fn cannot_parse() -> PartOutcome {
+    PartOutcome::failed(
+        FailureReason::CannotUnderstand,
+        "the data set cannot be parsed",
+    )
+}
+
+/// Inspect one received part; a panic in the parser fails that part only.
+fn inspect_part((source, len): (Source, u64)) -> Result<Inspected, PartOutcome> {
+    let parsed = std::panic::catch_unwind(move || match source {
+        Source::Memory(reader) => inspect(reader, len),
+        Source::File(path) => inspect_file(&path),
+    });
+    match parsed {
+        Ok(Ok(i)) => Ok(i),
+        Ok(Err(e)) => Err(PartOutcome::failed(FailureReason::from(&e), e.to_string())),
+        Err(_) => Err(cannot_parse()),
+    }
+}
+
 fn failed_for(stored: &StoredInstance, reason: FailureReason, comment: &str) -> PartOutcome {
     PartOutcome::Failed(FailedInstance {
         sop_class_uid: Some(stored.sop_class_uid.clone()),
@@ -138,44 +158,24 @@ impl Archive {
         // Inspection is CPU work: on the blocking pool, in two runs of
         // consecutive parts (one hop per run, not per part: a batch of small
         // instances is a hundred of them).
-        let cannot_parse = || {
-            PartOutcome::failed(
-                FailureReason::CannotUnderstand,
-                "the data set cannot be parsed",
-            )
-        };
-        let sources: Vec<(Source, u64)> = files.iter().map(|f| (f.source(), f.size)).collect();
-        let per_run = sources.len().div_ceil(2).max(1);
-        let mut runs = Vec::new();
-        let mut sources = sources.into_iter().peekable();
-        while sources.peek().is_some() {
-            let run: Vec<(Source, u64)> = sources.by_ref().take(per_run).collect();
-            let len = run.len();
-            let task = tokio::task::spawn_blocking(move || {
-                run.into_iter()
-                    .map(|(source, len)| {
-                        // a panic in the parser fails its part only
-                        let parsed = std::panic::catch_unwind(move || match source {
-                            Source::Memory(reader) => inspect(reader, len),
-                            Source::File(path) => inspect_file(&path),
-                        });
-                        match parsed {
-                            Ok(Ok(i)) => Ok(i),
-                            Ok(Err(e)) => {
-                                Err(PartOutcome::failed(FailureReason::from(&e), e.to_string()))
-                            }
-                            Err(_) => Err(cannot_parse()),
-                        }
-                    })
-                    .collect::<Vec<_>>()
-            });
-            runs.push((len, task));
-        }
+        let mut first: Vec<(Source, u64)> = files.iter().map(|f| (f.source(), f.size)).collect();
+        let second = first.split_off(first.len().div_ceil(2));
+        let runs: Vec<_> = [first, second]
+            .into_iter()
+            .filter(|run| !run.is_empty())
+            .map(|run| {
+                let len = run.len();
+                let task = tokio::task::spawn_blocking(move || {
+                    run.into_iter().map(inspect_part).collect::<Vec<_>>()
+                });
+                (len, task)
+            })
+            .collect();
         let mut inspected: Vec<Result<Inspected, PartOutcome>> = Vec::with_capacity(files.len());
         for (len, task) in runs {
             match task.await {
                 Ok(results) => inspected.extend(results),
-                // (the run catches its parts' panics: only a runtime shutting down)
+                // (a run catches its parts' panics: only a runtime shutting down)
                 Err(_) => inspected.extend((0..len).map(|_| Err(cannot_parse()))),
             }
         }

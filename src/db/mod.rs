@@ -114,7 +114,6 @@ impl Db {
             let ms = timeout.as_millis().to_string();
             opt.map_sqlx_postgres_opts(move |o| o.options([("statement_timeout", ms.as_str())]));
         }
-        let sqlite = url.starts_with("sqlite:");
         opt.map_sqlx_sqlite_opts(|o| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
@@ -129,7 +128,7 @@ impl Db {
                 .statement_cache_capacity(32)
         });
         let conn = Database::connect(opt.clone()).await?;
-        let writer = if sqlite {
+        let writer = if conn.get_database_backend() == DbBackend::Sqlite {
             opt.max_connections(1);
             Database::connect(opt).await?
         } else {

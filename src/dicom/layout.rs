@@ -5,6 +5,7 @@
 //! dicom-parser's lazy reader, whose decoder knows the offset of every value
 //! (checked against pydicom on native, RLE, JPEG and JPEG 2000 files).
 
+use std::fmt::Write;
 use std::io::{Read, Seek};
 
 use dicom_core::{Tag, VR};
@@ -79,9 +80,7 @@ pub fn element_path(parents: &[(Tag, usize)], tag: Tag) -> String {
     let mut path = String::with_capacity(8 + parents.len() * 12);
     for (seq, item) in parents {
         push_tag(&mut path, *seq);
-        path.push('/');
-        path.push_str(&item.to_string());
-        path.push('/');
+        let _ = write!(path, "/{item}/");
     }
     push_tag(&mut path, tag);
     path
