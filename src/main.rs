@@ -368,7 +368,9 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         })
     };
 
-    let trimmer = tokio::spawn(cloudpacs::heap::trim_when_idle());
+    let housekeeper = tokio::spawn(cloudpacs::idle::housekeep_when_quiet(
+        state.archive.db.clone(),
+    ));
 
     let audit = state.audit.clone();
     let retention_stop = Arc::new(tokio::sync::Notify::new());
@@ -406,7 +408,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tokio::select! {
         result = &mut server => {
             sweeper.abort();
-            trimmer.abort();
+            housekeeper.abort();
             retention_stop.notify_one();
             audit.flush().await;
             return result.map_err(|e| e.to_string())?.map_err(|e| e.to_string());
@@ -416,7 +418,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tracing::info!("shutting down: finishing in-flight requests");
     shutdown.notify_one();
     sweeper.abort();
-    trimmer.abort();
+    housekeeper.abort();
     retention_stop.notify_one();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, server).await {

@@ -769,3 +769,38 @@ async fn json_snapshots_of_each_level() {
     .await;
     assert_eq!(body, json!([inst]));
 }
+
+/// Every index costs a write on every insert: no two indexes of a table
+/// have the same key columns.
+#[tokio::test]
+async fn no_two_indexes_share_their_columns() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let app = TestApp::new().await;
+    let db = app.state.archive.db.conn();
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT indexname AS name, indexdef AS def FROM pg_indexes WHERE schemaname = 'public'"
+        }
+        _ => "SELECT name, sql AS def FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL",
+    };
+    let rows = db
+        .query_all_raw(Statement::from_string(backend, sql))
+        .await
+        .unwrap();
+    assert!(rows.len() > 20, "the indexes are listed");
+    let mut seen = std::collections::HashMap::new();
+    for row in rows {
+        let name: String = row.try_get("", "name").unwrap();
+        let def: String = row.try_get("", "def").unwrap();
+        // "… ON table (columns)", without quotes, schema or access method
+        let on = def.split_once(" ON ").map_or(def.as_str(), |(_, on)| on);
+        let key: String = on
+            .replace(['"', ' '], "")
+            .replace("public.", "")
+            .replace("USINGbtree", "");
+        if let Some(other) = seen.insert(key.clone(), name.clone()) {
+            panic!("{name} and {other} both index {key}");
+        }
+    }
+}

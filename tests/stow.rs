@@ -141,6 +141,103 @@ async fn counts_and_modalities_follow_the_instances() {
     );
 }
 
+/// One request across several studies and series, some of them stored
+/// already (indexed with a few multi-row statements): every instance lands
+/// in its own series and study, and every count and size is exact.
+#[tokio::test]
+async fn one_request_across_stored_and_new_studies_counts_each() {
+    let app = TestApp::new().await;
+    let uid = |s: &str| format!("1.2.826.0.1.3680043.8.498.{s}");
+    let inst =
+        |study: &str, series: &str, sop: &str| Synth::new(&uid(study), &uid(series), &uid(sop));
+    let first = inst("1", "1.1", "1.1.1").bytes();
+    let (status, _) = app
+        .stow("/dicom-web/studies", multipart(&[first.clone()]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let parts = vec![
+        inst("3", "3.1", "3.1.1").bytes(),
+        inst("1", "1.1", "1.1.2").bytes(),
+        inst("2", "2.1", "2.1.1").bytes(),
+        inst("1", "1.2", "1.2.1").modality("MR").bytes(),
+        inst("2", "2.1", "2.1.2").bytes(),
+        inst("2", "2.2", "2.2.1").modality("MR").bytes(),
+        inst("2", "2.1", "2.1.3").bytes(),
+    ];
+    let (status, resp) = app.stow("/dicom-web/studies", multipart(&parts)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(referenced(&resp).len(), 7);
+
+    use sea_orm::{EntityTrait, QueryOrder};
+    let studies = entity::study::Entity::find()
+        .order_by_asc(entity::study::Column::StudyUid)
+        .all(app.state.archive.db.conn())
+        .await
+        .unwrap();
+    let got: Vec<_> = studies
+        .iter()
+        .map(|s| {
+            (
+                s.study_uid.clone(),
+                s.number_of_series,
+                s.number_of_instances,
+                s.modalities_in_study.clone(),
+                s.size_bytes as usize,
+            )
+        })
+        .collect();
+    let size = |v: &[&Vec<u8>]| v.iter().map(|p| p.len()).sum::<usize>();
+    assert_eq!(
+        got,
+        vec![
+            (
+                uid("1"),
+                2,
+                3,
+                "CT\\MR".to_owned(),
+                size(&[&first, &parts[1], &parts[3]])
+            ),
+            (
+                uid("2"),
+                2,
+                4,
+                "CT\\MR".to_owned(),
+                size(&[&parts[2], &parts[4], &parts[5], &parts[6]])
+            ),
+            (uid("3"), 1, 1, "CT".to_owned(), size(&[&parts[0]])),
+        ]
+    );
+    let series = entity::series::Entity::find()
+        .order_by_asc(entity::series::Column::SeriesUid)
+        .all(app.state.archive.db.conn())
+        .await
+        .unwrap();
+    let got: Vec<_> = series
+        .iter()
+        .map(|s| (s.series_uid.clone(), s.number_of_instances))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (uid("1.1"), 2),
+            (uid("1.2"), 1),
+            (uid("2.1"), 3),
+            (uid("2.2"), 1),
+            (uid("3.1"), 1),
+        ]
+    );
+    let req = Request::get(format!(
+        "/dicom-web/studies/{}/series/{}/instances",
+        uid("2"),
+        uid("2.1")
+    ))
+    .body(Body::empty())
+    .unwrap();
+    let listed = json_body(app.request(req).await).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    assert_eq!(app.blob_files().len(), 8);
+}
+
 #[tokio::test]
 async fn accepts_what_real_clients_send() {
     let app = TestApp::new().await;
@@ -248,6 +345,32 @@ async fn outcomes_stay_in_part_order_across_inspection_runs() {
         vec![uid(201), uid(203), uid(204), uid(206), uid(207)]
     );
     assert_eq!(app.instance_count().await, 5);
+}
+
+/// After an ingest the SQLite write-ahead log holds the new pages; the
+/// checkpoint run once ingest goes quiet folds them into the database and
+/// empties the log, and the index reads the same afterwards.
+#[tokio::test]
+async fn checkpoint_empties_the_write_ahead_log() {
+    let app = TestApp::new().await;
+    let parts: Vec<Vec<u8>> = (300..340).map(|n| synth(n).bytes()).collect();
+    let (status, resp) = app.stow("/dicom-web/studies", multipart(&parts)).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let wal = app.dir.path().join("index.sqlite-wal");
+    let sqlite = app.config.db.database_url.is_none();
+    if sqlite {
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    }
+    assert!(app.state.archive.db.checkpoint().await.unwrap());
+    if sqlite {
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    }
+    assert_eq!(app.instance_count().await, 40);
+    let req = Request::get("/dicom-web/studies/1.2.826.0.1.3680043.8.498.1/instances")
+        .body(Body::empty())
+        .unwrap();
+    let listed = json_body(app.request(req).await).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(40));
 }
 
 /// One bad part next to a good one: the good one is stored, the bad one is

@@ -4,8 +4,10 @@
 //! end: the counts of each touched series and study, the journal entries of
 //! the indexed blobs, and the hospital's usage.
 //!
-//! The batch is first indexed straight in its transaction, which is all
-//! that is needed when nothing conflicts (the common case). When an
+//! The batch is first indexed straight in its transaction, with a few
+//! multi-row statements for all its instances (studies, series, instances:
+//! a statement each, not three per instance), which is all that is needed
+//! when every instance is new and nothing conflicts (the common case). When an
 //! instance conflicts (duplicate, series of another study, quota) or fails,
 //! that attempt is rolled back and the batch indexed again with each
 //! instance in its own savepoint, so that one instance's conflict or error
@@ -19,7 +21,9 @@
 //! charging instance by instance, so that the instances that fit are kept.
 
 use entity::pending_blob;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, SqlErr, TransactionTrait,
+};
 
 use super::instances::{Known, Placed, charge, recount};
 use super::{DbError, HospitalDb, IN_CHUNK, IndexConflict, Indexed, NewInstance, now_millis};
@@ -57,56 +61,30 @@ impl HospitalDb {
     ) -> Result<Option<Vec<BatchOutcome>>, DbError> {
         let per_instance = attempt == Attempt::ChargeEach;
         let txn = self.db.writer.begin().await?;
-        let mut out = Vec::with_capacity(news.len());
         let mut written = Written::default();
-        for new in news {
-            if attempt == Attempt::Straight {
-                match self
-                    .index_in(&txn, new, policy, &written.known, false)
-                    .await
-                {
-                    Ok(Ok(placed)) => {
-                        out.push(Ok(Ok(written.record(new, placed))));
-                        continue;
-                    }
-                    // a conflict or an error: again, in savepoints
-                    Ok(Err(_)) | Err(_) => {
-                        txn.rollback().await?;
-                        return Ok(None);
-                    }
+        let out = if attempt == Attempt::Straight {
+            match self.index_all(&txn, news).await {
+                Ok(Some(placed)) => news
+                    .iter()
+                    .zip(placed)
+                    .map(|(new, placed)| Ok(Ok(written.record(new, placed))))
+                    .collect(),
+                // a conflict or an error: again, in savepoints
+                Ok(None) | Err(_) => {
+                    txn.rollback().await?;
+                    return Ok(None);
                 }
             }
-            let mut tries = 0;
-            let outcome = loop {
-                let savepoint = txn.begin().await?;
-                match self
-                    .index_in(&savepoint, new, policy, &written.known, per_instance)
-                    .await
-                {
-                    Ok(Ok(placed)) => {
-                        savepoint.commit().await?;
-                        break Ok(Ok(written.record(new, placed)));
-                    }
-                    Ok(Err(conflict)) => {
-                        savepoint.rollback().await?;
-                        break Ok(Err(conflict));
-                    }
-                    Err(e) => {
-                        savepoint.rollback().await?;
-                        // a concurrent ingest of the same UIDs won a unique
-                        // key: the second try sees its rows
-                        let unique =
-                            matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)));
-                        if unique && tries == 0 {
-                            tries += 1;
-                            continue;
-                        }
-                        break Err(DbError::from(e));
-                    }
-                }
-            };
-            out.push(outcome);
-        }
+        } else {
+            let mut out = Vec::with_capacity(news.len());
+            for new in news {
+                out.push(
+                    self.index_in_savepoint(&txn, new, policy, per_instance, &mut written)
+                        .await?,
+                );
+            }
+            out
+        };
         let Written {
             touched,
             journaled,
@@ -127,6 +105,46 @@ impl HospitalDb {
         }
         txn.commit().await?;
         Ok(Some(out))
+    }
+
+    /// One instance in its savepoint of `txn`: its conflict or error
+    /// rolls back only its own rows.
+    async fn index_in_savepoint<'a>(
+        &self,
+        txn: &DatabaseTransaction,
+        new: &'a NewInstance<'_>,
+        policy: DuplicatePolicy,
+        charge_now: bool,
+        written: &mut Written<'a>,
+    ) -> Result<BatchOutcome, DbError> {
+        let mut tries = 0;
+        loop {
+            let savepoint = txn.begin().await?;
+            match self
+                .index_in(&savepoint, new, policy, &written.known, charge_now)
+                .await
+            {
+                Ok(Ok(placed)) => {
+                    savepoint.commit().await?;
+                    return Ok(Ok(Ok(written.record(new, placed))));
+                }
+                Ok(Err(conflict)) => {
+                    savepoint.rollback().await?;
+                    return Ok(Ok(Err(conflict)));
+                }
+                Err(e) => {
+                    savepoint.rollback().await?;
+                    // a concurrent ingest of the same UIDs won a unique
+                    // key: the second try sees its rows
+                    let unique = matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)));
+                    if unique && tries == 0 {
+                        tries += 1;
+                        continue;
+                    }
+                    return Ok(Err(DbError::from(e)));
+                }
+            }
+        }
     }
 }
 
@@ -164,9 +182,9 @@ impl<'a> Written<'a> {
 /// How [`HospitalDb::index_batch`] indexes a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Attempt {
-    /// In the transaction itself, the batch's total charged at the end;
-    /// gives up at the first conflict or error, or when the total does not
-    /// fit the quota.
+    /// Multi-row statements in the transaction itself, the batch's total
+    /// charged at the end; gives up when an instance is stored already or
+    /// conflicts, at an error, or when the total does not fit the quota.
     Straight,
     /// Each instance in its savepoint, the total charged at the end; gives
     /// up when the total does not fit the quota.

@@ -9,13 +9,16 @@
 //! so two ingests into one study are serialized and the recomputed counts
 //! are exact.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Write;
 
 use entity::{instance, series, study};
 use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
-    EntityTrait, QueryFilter, QuerySelect, QueryTrait, Statement,
+    ActiveModelTrait,
+    ActiveValue::{Set, Unchanged},
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
+    QueryTrait, Statement,
 };
 use serde_json::{Map, Value};
 
@@ -97,6 +100,95 @@ impl HospitalDb {
         Ok((max > 0).then_some(max - bytes))
     }
 
+    /// Index every instance of a batch in `txn` with a few multi-row
+    /// statements: its studies upserted, its series upserted, its instances
+    /// inserted. The common case of a batch of new instances. `None` when
+    /// an instance is already stored or conflicts (a series of another
+    /// study): then the caller rolls back and indexes the batch instance
+    /// by instance. Nothing is charged here.
+    pub(super) async fn index_all(
+        &self,
+        txn: &DatabaseTransaction,
+        news: &[NewInstance<'_>],
+    ) -> Result<Option<Vec<Placed>>, sea_orm::DbErr> {
+        let h = self.hospital.pk;
+        let now = now_millis();
+        // Rows in the order they first appear in the batch: ids, and so the
+        // default order of search results, follow the request.
+        let studies = first_of_each(news, |i| i.study_uid.as_str());
+        let mut study_pks: HashMap<String, i64> = HashMap::with_capacity(studies.len());
+        let rows: Vec<study::ActiveModel> = studies.iter().map(|i| study_row(h, i, now)).collect();
+        for chunk in chunked(rows) {
+            let mut q = study::Entity::insert_many(chunk)
+                .on_conflict(study_upsert())
+                .into_query();
+            q.returning(Query::returning().columns([study::Column::Id, study::Column::StudyUid]));
+            for row in query_all(txn, &q).await? {
+                study_pks.insert(row.try_get("", "study_uid")?, row.try_get("", "id")?);
+            }
+        }
+        let study_of = |ins: &Inspected| study_pks.get(ins.study_uid.as_str()).copied();
+
+        let series = first_of_each(news, |i| i.series_uid.as_str());
+        let mut rows = Vec::with_capacity(series.len());
+        for ins in &series {
+            let Some(study_pk) = study_of(ins) else {
+                return Ok(None);
+            };
+            rows.push(series_row(h, study_pk, ins, now));
+        }
+        let mut series_pks: HashMap<String, (i64, i64)> = HashMap::with_capacity(rows.len());
+        for chunk in chunked(rows) {
+            let mut q = series::Entity::insert_many(chunk)
+                .on_conflict(series_upsert())
+                .into_query();
+            q.returning(Query::returning().columns([
+                series::Column::Id,
+                series::Column::StudyId,
+                series::Column::SeriesUid,
+            ]));
+            for row in query_all(txn, &q).await? {
+                series_pks.insert(
+                    row.try_get("", "series_uid")?,
+                    (row.try_get("", "id")?, row.try_get("", "study_id")?),
+                );
+            }
+        }
+
+        let mut placed = Vec::with_capacity(news.len());
+        let mut rows = Vec::with_capacity(news.len());
+        for new in news {
+            let ins = new.inspected;
+            let (Some(study_pk), Some(&(series_pk, series_study))) =
+                (study_of(ins), series_pks.get(ins.series_uid.as_str()))
+            else {
+                return Ok(None);
+            };
+            if series_study != study_pk {
+                // the series belongs to another study (stored, or of an
+                // earlier instance of this batch)
+                return Ok(None);
+            }
+            rows.push(instance_row(h, study_pk, series_pk, new, now));
+            placed.push(Placed {
+                indexed: Indexed::Stored,
+                delta: new.size_bytes,
+                study_pk,
+                series_pk,
+                touched: vec![(study_pk, series_pk)],
+            });
+        }
+        let mut inserted = 0;
+        for chunk in chunked(rows) {
+            inserted += instance::Entity::insert_many(chunk)
+                .on_conflict(instance_kept())
+                .exec_without_returning(txn)
+                .await?;
+        }
+        // fewer: some SOP Instance UID is stored already (or twice here)
+        Ok((inserted == news.len() as u64).then_some(placed))
+    }
+
     /// Index one instance in `txn` (a savepoint of the batch's
     /// transaction). `known` holds the study and series rows the batch
     /// already wrote: those are neither written nor looked up again. With
@@ -119,35 +211,9 @@ impl HospitalDb {
         let study_pk = match known.studies.get(ins.study_uid.as_str()) {
             Some(pk) => *pk,
             None => {
-                let s = &ins.study;
-                let am = study::ActiveModel {
-                    hospital_id: Set(h),
-                    study_uid: Set(ins.study_uid.to_string()),
-                    patient_name: Set(s.patient_name.clone()),
-                    patient_name_norm: Set(s.patient_name.as_deref().map(normalize_person_name)),
-                    patient_id: Set(s.patient_id.clone()),
-                    patient_birth_date: Set(s.patient_birth_date.clone()),
-                    patient_sex: Set(s.patient_sex.clone()),
-                    study_date: Set(s.study_date.clone()),
-                    study_time: Set(s.study_time.clone()),
-                    accession_number: Set(s.accession_number.clone()),
-                    referring_physician_name: Set(s.referring_physician_name.clone()),
-                    study_id_attr: Set(s.study_id.clone()),
-                    study_description: Set(s.study_description.clone()),
-                    modalities_in_study: Set(String::new()),
-                    number_of_series: Set(0),
-                    number_of_instances: Set(0),
-                    size_bytes: Set(0),
-                    attributes: Set(json_text(&ins.study_json)),
-                    received_at: Set(now),
-                    updated_at: Set(now),
-                    ..Default::default()
-                };
-                let upsert =
-                    OnConflict::columns([study::Column::HospitalId, study::Column::StudyUid])
-                        .update_column(study::Column::UpdatedAt)
-                        .to_owned();
-                let mut q = study::Entity::insert(am).on_conflict(upsert).into_query();
+                let mut q = study::Entity::insert(study_row(h, ins, now))
+                    .on_conflict(study_upsert())
+                    .into_query();
                 q.returning_col(study::Column::Id);
                 query_one(txn, &q).await?.try_get("", "id")?
             }
@@ -158,32 +224,9 @@ impl HospitalDb {
             Some(&(pk, study)) if study == study_pk => pk,
             Some(_) => return Ok(Err(IndexConflict::SeriesInOtherStudy)),
             None => {
-                let r = &ins.series;
-                let am = series::ActiveModel {
-                    hospital_id: Set(h),
-                    study_id: Set(study_pk),
-                    series_uid: Set(ins.series_uid.to_string()),
-                    modality: Set(r.modality.clone()),
-                    series_number: Set(r.series_number),
-                    series_description: Set(r.series_description.clone()),
-                    series_date: Set(r.series_date.clone()),
-                    series_time: Set(r.series_time.clone()),
-                    pps_start_date: Set(r.pps_start_date.clone()),
-                    pps_start_time: Set(r.pps_start_time.clone()),
-                    number_of_instances: Set(0),
-                    attributes: Set(json_text(&ins.series_json)),
-                    received_at: Set(now),
-                    ..Default::default()
-                };
-                // a no-op update, so that RETURNING answers for an existing row
-                let upsert =
-                    OnConflict::columns([series::Column::HospitalId, series::Column::SeriesUid])
-                        .value(
-                            series::Column::StudyId,
-                            Expr::col((series::Entity, series::Column::StudyId)),
-                        )
-                        .to_owned();
-                let mut q = series::Entity::insert(am).on_conflict(upsert).into_query();
+                let mut q = series::Entity::insert(series_row(h, study_pk, ins, now))
+                    .on_conflict(series_upsert())
+                    .into_query();
                 q.returning(
                     Query::returning().columns([series::Column::Id, series::Column::StudyId]),
                 );
@@ -196,45 +239,8 @@ impl HospitalDb {
         };
 
         // Instance: inserted unless its SOP Instance UID is stored.
-        let frames = ins
-            .frames
-            .as_ref()
-            .map(|f| serde_json::to_string(f).unwrap_or_default());
-        let bulk: Map<String, Value> = ins
-            .bulk
-            .iter()
-            .map(|(path, (o, l))| (path.clone(), serde_json::json!([o, l])))
-            .collect();
-        let fill = |am: &mut instance::ActiveModel| {
-            am.hospital_id = Set(h);
-            am.study_id = Set(study_pk);
-            am.series_id = Set(series_pk);
-            am.sop_uid = Set(ins.sop_instance_uid.to_string());
-            am.sop_class_uid = Set(ins.sop_class_uid.to_string());
-            am.instance_number = Set(ins.instance_number);
-            am.transfer_syntax = Set(ins.transfer_syntax.clone());
-            am.rows = Set(ins.rows);
-            am.columns = Set(ins.columns);
-            am.bits_allocated = Set(ins.bits_allocated);
-            am.number_of_frames = Set(ins.number_of_frames);
-            am.blob_key = Set(new.blob_key.clone());
-            am.size_bytes = Set(new.size_bytes);
-            am.sha256 = Set(new.sha256.clone());
-            am.pixel_data_offset = Set(ins.pixel_data.map(|p| p.0 as i64));
-            am.pixel_data_length = Set(ins.pixel_data.map(|p| p.1 as i64));
-            am.frames = Set(frames.clone());
-            am.bulk = Set(json_text(&bulk));
-            am.metadata = Set(json_text(&ins.metadata));
-            am.received_at = Set(now);
-        };
-        let mut am = <instance::ActiveModel as Default>::default();
-        fill(&mut am);
-        let inserted = instance::Entity::insert(am)
-            .on_conflict(
-                OnConflict::columns([instance::Column::HospitalId, instance::Column::SopUid])
-                    .do_nothing()
-                    .to_owned(),
-            )
+        let inserted = instance::Entity::insert(instance_row(h, study_pk, series_pk, new, now))
+            .on_conflict(instance_kept())
             .exec_without_returning(txn)
             .await?;
         let mut touched = vec![(study_pk, series_pk)];
@@ -259,8 +265,8 @@ impl HospitalDb {
             if policy == DuplicatePolicy::Reject {
                 return Ok(Err(IndexConflict::DifferentObject));
             }
-            let mut am: instance::ActiveModel = old.clone().into();
-            fill(&mut am);
+            let mut am = instance_row(h, study_pk, series_pk, new, now);
+            am.id = Unchanged(old.id);
             am.update(txn).await?;
             if old.series_id != series_pk {
                 touched.push((old.study_id, old.series_id));
@@ -285,6 +291,148 @@ impl HospitalDb {
             touched,
         }))
     }
+}
+
+/// The first instance of each study (or series, by `key`) of a batch, in
+/// the order they first appear.
+fn first_of_each<'a>(
+    news: &[NewInstance<'a>],
+    key: impl Fn(&'a Inspected) -> &'a str,
+) -> Vec<&'a Inspected> {
+    let mut seen = HashSet::new();
+    news.iter()
+        .map(|n| n.inspected)
+        .filter(|i| seen.insert(key(i)))
+        .collect()
+}
+
+/// The study row of an instance, as first written (counts come later).
+fn study_row(h: i64, ins: &Inspected, now: i64) -> study::ActiveModel {
+    let s = &ins.study;
+    study::ActiveModel {
+        hospital_id: Set(h),
+        study_uid: Set(ins.study_uid.to_string()),
+        patient_name: Set(s.patient_name.clone()),
+        patient_name_norm: Set(s.patient_name.as_deref().map(normalize_person_name)),
+        patient_id: Set(s.patient_id.clone()),
+        patient_birth_date: Set(s.patient_birth_date.clone()),
+        patient_sex: Set(s.patient_sex.clone()),
+        study_date: Set(s.study_date.clone()),
+        study_time: Set(s.study_time.clone()),
+        accession_number: Set(s.accession_number.clone()),
+        referring_physician_name: Set(s.referring_physician_name.clone()),
+        study_id_attr: Set(s.study_id.clone()),
+        study_description: Set(s.study_description.clone()),
+        modalities_in_study: Set(String::new()),
+        number_of_series: Set(0),
+        number_of_instances: Set(0),
+        size_bytes: Set(0),
+        attributes: Set(json_text(&ins.study_json)),
+        received_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+}
+
+/// A stored study keeps its row; the update takes its lock.
+fn study_upsert() -> OnConflict {
+    OnConflict::columns([study::Column::HospitalId, study::Column::StudyUid])
+        .update_column(study::Column::UpdatedAt)
+        .to_owned()
+}
+
+/// The series row of an instance, as first written.
+fn series_row(h: i64, study_pk: i64, ins: &Inspected, now: i64) -> series::ActiveModel {
+    let r = &ins.series;
+    series::ActiveModel {
+        hospital_id: Set(h),
+        study_id: Set(study_pk),
+        series_uid: Set(ins.series_uid.to_string()),
+        modality: Set(r.modality.clone()),
+        series_number: Set(r.series_number),
+        series_description: Set(r.series_description.clone()),
+        series_date: Set(r.series_date.clone()),
+        series_time: Set(r.series_time.clone()),
+        pps_start_date: Set(r.pps_start_date.clone()),
+        pps_start_time: Set(r.pps_start_time.clone()),
+        number_of_instances: Set(0),
+        attributes: Set(json_text(&ins.series_json)),
+        received_at: Set(now),
+        ..Default::default()
+    }
+}
+
+/// A stored series keeps its row: a no-op update, so that RETURNING
+/// answers for it too (with its study, to tell a conflict).
+fn series_upsert() -> OnConflict {
+    OnConflict::columns([series::Column::HospitalId, series::Column::SeriesUid])
+        .value(
+            series::Column::StudyId,
+            Expr::col((series::Entity, series::Column::StudyId)),
+        )
+        .to_owned()
+}
+
+/// The instance row of an instance (every column but the id).
+fn instance_row(
+    h: i64,
+    study_pk: i64,
+    series_pk: i64,
+    new: &NewInstance<'_>,
+    now: i64,
+) -> instance::ActiveModel {
+    let ins = new.inspected;
+    let bulk: Map<String, Value> = ins
+        .bulk
+        .iter()
+        .map(|(path, (o, l))| (path.clone(), serde_json::json!([o, l])))
+        .collect();
+    instance::ActiveModel {
+        hospital_id: Set(h),
+        study_id: Set(study_pk),
+        series_id: Set(series_pk),
+        sop_uid: Set(ins.sop_instance_uid.to_string()),
+        sop_class_uid: Set(ins.sop_class_uid.to_string()),
+        instance_number: Set(ins.instance_number),
+        transfer_syntax: Set(ins.transfer_syntax.clone()),
+        rows: Set(ins.rows),
+        columns: Set(ins.columns),
+        bits_allocated: Set(ins.bits_allocated),
+        number_of_frames: Set(ins.number_of_frames),
+        blob_key: Set(new.blob_key.clone()),
+        size_bytes: Set(new.size_bytes),
+        sha256: Set(new.sha256.clone()),
+        pixel_data_offset: Set(ins.pixel_data.map(|p| p.0 as i64)),
+        pixel_data_length: Set(ins.pixel_data.map(|p| p.1 as i64)),
+        frames: Set(ins
+            .frames
+            .as_ref()
+            .map(|f| serde_json::to_string(f).unwrap_or_default())),
+        bulk: Set(json_text(&bulk)),
+        metadata: Set(json_text(&ins.metadata)),
+        received_at: Set(now),
+        ..Default::default()
+    }
+}
+
+/// A stored SOP Instance UID keeps its row (the caller decides).
+fn instance_kept() -> OnConflict {
+    OnConflict::columns([instance::Column::HospitalId, instance::Column::SopUid])
+        .do_nothing()
+        .to_owned()
+}
+
+/// Rows per multi-row statement: well under SQLite's 32,766 parameters
+/// with ~20 columns a row.
+const ROWS_PER_INSERT: usize = 200;
+
+fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(ROWS_PER_INSERT));
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        chunks.push(rows.by_ref().take(ROWS_PER_INSERT).collect());
+    }
+    chunks
 }
 
 /// The study and series rows a batch has written so far, by UID.
@@ -315,6 +463,14 @@ async fn query_one<C: ConnectionTrait>(
     c.query_one_raw(c.get_database_backend().build(q))
         .await?
         .ok_or_else(|| sea_orm::DbErr::RecordNotFound("no row returned".into()))
+}
+
+/// Run an INSERT … RETURNING of several rows; its rows.
+async fn query_all<C: ConnectionTrait>(
+    c: &C,
+    q: &sea_orm::sea_query::InsertStatement,
+) -> Result<Vec<sea_orm::QueryResult>, sea_orm::DbErr> {
+    c.query_all_raw(c.get_database_backend().build(q)).await
 }
 
 async fn exec<C: ConnectionTrait>(
@@ -403,23 +559,30 @@ pub(super) async fn recount<C: ConnectionTrait>(
         for (study_pk, modality) in rows {
             modalities.entry(study_pk).or_default().insert(modality);
         }
-        for study_pk in chunk {
+        // one UPDATE for the chunk, each study's modalities joined in from
+        // a VALUES list (its columns are column1, column2 on both databases)
+        let mut sql = String::from(
+            "UPDATE studies SET \
+               number_of_series = (SELECT COUNT(*) FROM series WHERE study_id = studies.id), \
+               number_of_instances = (SELECT COUNT(*) FROM instances WHERE study_id = studies.id), \
+               size_bytes = (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM instances WHERE study_id = studies.id), \
+               modalities_in_study = v.column2, updated_at = $1 \
+             FROM (VALUES ",
+        );
+        let mut values: Vec<sea_orm::Value> = vec![now.into()];
+        for (i, study_pk) in chunk.iter().enumerate() {
             let listed: Vec<&str> = modalities
                 .get(study_pk)
                 .map(|m| m.iter().map(String::as_str).collect())
                 .unwrap_or_default();
-            exec(
-                c,
-                "UPDATE studies SET \
-                   number_of_series = (SELECT COUNT(*) FROM series WHERE study_id = $1), \
-                   number_of_instances = (SELECT COUNT(*) FROM instances WHERE study_id = $1), \
-                   size_bytes = (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM instances WHERE study_id = $1), \
-                   modalities_in_study = $2, updated_at = $3 \
-                 WHERE id = $1",
-                vec![(*study_pk).into(), listed.join("\\").into(), now.into()],
-            )
-            .await?;
+            let n = values.len();
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(sql, "{sep}(${}, ${})", n + 1, n + 2);
+            values.push((*study_pk).into());
+            values.push(listed.join("\\").into());
         }
+        sql.push_str(") AS v WHERE studies.id = v.column1");
+        exec(c, &sql, values).await?;
         study::Entity::delete_many()
             .filter(study::Column::Id.is_in(chunk.iter().copied()))
             .filter(study::Column::NumberOfInstances.eq(0))

@@ -19,6 +19,7 @@ mod admin;
 mod audit;
 mod batch;
 mod instances;
+mod journal;
 mod retention;
 mod retrieve;
 mod search;
@@ -66,6 +67,8 @@ pub struct Db {
     /// instead. Its page cache also stays valid between transactions, as no
     /// other connection writes. On PostgreSQL the same pool as reads.
     writer: DatabaseConnection,
+    /// Grouped journal inserts ([`journal`]).
+    journal: tokio::sync::mpsc::UnboundedSender<journal::JournalJob>,
 }
 
 /// A hospital as the rest of the crate sees it.
@@ -109,6 +112,11 @@ impl Db {
         opt.max_connections(pool.max_connections)
             .min_connections(1)
             .acquire_timeout(pool.acquire_timeout)
+            // A connection is pinged when it leaves the pool only after 30 s
+            // idle (what a server restart or a firewall drops), not on every
+            // acquire: that was one more round trip per query, and on
+            // SQLite's single writer one more hop per transaction.
+            .test_before_acquire_if_idle_for(Duration::from_secs(30))
             .sqlx_logging(false);
         if let Some(timeout) = pool.statement_timeout {
             let ms = timeout.as_millis().to_string();
@@ -134,7 +142,12 @@ impl Db {
         } else {
             conn.clone()
         };
-        Ok(Db { conn, writer })
+        let journal = journal::start(writer.clone());
+        Ok(Db {
+            conn,
+            writer,
+            journal,
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), DbError> {
@@ -151,6 +164,28 @@ impl Db {
             .execute_raw(Statement::from_string(self.backend(), "SELECT 1"))
             .await?;
         Ok(())
+    }
+
+    /// Fold SQLite's write-ahead log back into the database file and empty
+    /// it. Its automatic checkpoints run at commits, so after a long
+    /// ingest the log can still hold pages that every read then looks up
+    /// there first. Returns whether the log was emptied (a reader still on
+    /// an older snapshot keeps it). PostgreSQL checkpoints by itself:
+    /// nothing to do there.
+    pub async fn checkpoint(&self) -> Result<bool, DbError> {
+        if self.backend() != DbBackend::Sqlite {
+            return Ok(true);
+        }
+        let row = self
+            .writer
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+            ))
+            .await?
+            .ok_or(DbError::NotFound)?;
+        // (busy, log frames, checkpointed frames); busy = 1: not completed
+        Ok(row.try_get_by_index::<i32>(0)? == 0)
     }
 
     /// Create the hospital `default` if the index has no hospital yet.
@@ -201,67 +236,6 @@ impl Db {
         }
     }
 
-    /// Record a blob about to be written or deleted (the crash journal);
-    /// already recorded is fine.
-    pub async fn add_pending_blob(&self, key: &str) -> Result<(), DbError> {
-        use entity::pending_blob;
-        let am = pending_blob::ActiveModel {
-            blob_key: Set(key.to_owned()),
-            created_at: Set(now_millis()),
-            ..Default::default()
-        };
-        pending_blob::Entity::insert(am)
-            .on_conflict(
-                sea_orm::sea_query::OnConflict::column(pending_blob::Column::BlobKey)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    /// Record several blobs about to be written, in one transaction.
-    pub async fn add_pending_blobs(&self, keys: &[&str]) -> Result<(), DbError> {
-        use entity::pending_blob;
-        let now = now_millis();
-        for chunk in keys.chunks(IN_CHUNK) {
-            let rows = chunk.iter().map(|key| pending_blob::ActiveModel {
-                blob_key: Set((*key).to_owned()),
-                created_at: Set(now),
-                ..Default::default()
-            });
-            pending_blob::Entity::insert_many(rows)
-                .exec_without_returning(&self.writer)
-                .await?;
-        }
-        Ok(())
-    }
-
-    pub async fn remove_pending_blob(&self, key: &str) -> Result<(), DbError> {
-        use entity::pending_blob;
-        pending_blob::Entity::delete_many()
-            .filter(pending_blob::Column::BlobKey.eq(key))
-            .exec(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    /// Journal entries older than `age`: blobs whose ingest never finished.
-    pub async fn stale_pending_blobs(&self, age: Duration) -> Result<Vec<String>, DbError> {
-        use entity::pending_blob;
-        use sea_orm::QuerySelect;
-        let cutoff = now_millis() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-        Ok(pending_blob::Entity::find()
-            .filter(pending_blob::Column::CreatedAt.lte(cutoff))
-            .limit(1000)
-            .all(&self.conn)
-            .await?
-            .into_iter()
-            .map(|p| p.blob_key)
-            .collect())
-    }
-
     /// The raw connection, for read-only inspection (tests, diagnostics).
     pub fn conn(&self) -> &DatabaseConnection {
         &self.conn
@@ -278,17 +252,5 @@ pub struct HospitalDb {
 impl HospitalDb {
     pub fn hospital(&self) -> &Hospital {
         &self.hospital
-    }
-}
-
-impl Db {
-    /// Whether an instance row points at this blob.
-    pub async fn blob_referenced(&self, key: &str) -> Result<bool, DbError> {
-        use entity::instance;
-        Ok(instance::Entity::find()
-            .filter(instance::Column::BlobKey.eq(key))
-            .one(&self.conn)
-            .await?
-            .is_some())
     }
 }
