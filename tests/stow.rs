@@ -152,7 +152,10 @@ async fn one_request_across_stored_and_new_studies_counts_each() {
         |study: &str, series: &str, sop: &str| Synth::new(&uid(study), &uid(series), &uid(sop));
     let first = inst("1", "1.1", "1.1.1").bytes();
     let (status, _) = app
-        .stow("/dicom-web/studies", multipart(&[first.clone()]))
+        .stow(
+            "/dicom-web/studies",
+            multipart(std::slice::from_ref(&first)),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let parts = vec![
