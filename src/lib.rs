@@ -14,7 +14,6 @@ pub mod dicom;
 pub mod dicomweb;
 pub mod error;
 pub mod heap;
-pub mod idle;
 pub mod policy;
 pub mod retention;
 pub mod store;

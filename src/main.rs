@@ -368,9 +368,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         })
     };
 
-    let housekeeper = tokio::spawn(cloudpacs::idle::housekeep_when_quiet(
-        state.archive.db.clone(),
-    ));
+    let trimmer = tokio::spawn(cloudpacs::heap::trim_when_idle());
 
     let audit = state.audit.clone();
     let retention_stop = Arc::new(tokio::sync::Notify::new());
@@ -408,7 +406,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tokio::select! {
         result = &mut server => {
             sweeper.abort();
-            housekeeper.abort();
+            trimmer.abort();
             retention_stop.notify_one();
             audit.flush().await;
             return result.map_err(|e| e.to_string())?.map_err(|e| e.to_string());
@@ -418,7 +416,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tracing::info!("shutting down: finishing in-flight requests");
     shutdown.notify_one();
     sweeper.abort();
-    housekeeper.abort();
+    trimmer.abort();
     retention_stop.notify_one();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, server).await {

@@ -350,32 +350,6 @@ async fn outcomes_stay_in_part_order_across_inspection_runs() {
     assert_eq!(app.instance_count().await, 5);
 }
 
-/// After an ingest the SQLite write-ahead log holds the new pages; the
-/// checkpoint run once ingest goes quiet folds them into the database and
-/// empties the log, and the index reads the same afterwards.
-#[tokio::test]
-async fn checkpoint_empties_the_write_ahead_log() {
-    let app = TestApp::new().await;
-    let parts: Vec<Vec<u8>> = (300..340).map(|n| synth(n).bytes()).collect();
-    let (status, resp) = app.stow("/dicom-web/studies", multipart(&parts)).await;
-    assert_eq!(status, StatusCode::OK, "{resp}");
-    let wal = app.dir.path().join("index.sqlite-wal");
-    let sqlite = app.config.db.database_url.is_none();
-    if sqlite {
-        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
-    }
-    assert!(app.state.archive.db.checkpoint().await.unwrap());
-    if sqlite {
-        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
-    }
-    assert_eq!(app.instance_count().await, 40);
-    let req = Request::get("/dicom-web/studies/1.2.826.0.1.3680043.8.498.1/instances")
-        .body(Body::empty())
-        .unwrap();
-    let listed = json_body(app.request(req).await).await;
-    assert_eq!(listed.as_array().map(Vec::len), Some(40));
-}
-
 /// One bad part next to a good one: the good one is stored, the bad one is
 /// a FailedSOPSequence item with its reason; alone, nothing is stored.
 #[tokio::test]

@@ -422,9 +422,10 @@ fn instance_kept() -> OnConflict {
         .to_owned()
 }
 
-/// Rows per multi-row statement: well under SQLite's 32,766 parameters
-/// with ~20 columns a row.
-const ROWS_PER_INSERT: usize = 200;
+/// Rows per multi-row statement. Each row count is another prepared
+/// statement that SQLite's writer connection keeps in its cache (32 of
+/// them): small ones keep that cache small.
+const ROWS_PER_INSERT: usize = 32;
 
 fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
     let mut chunks = Vec::with_capacity(rows.len().div_ceil(ROWS_PER_INSERT));

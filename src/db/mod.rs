@@ -166,28 +166,6 @@ impl Db {
         Ok(())
     }
 
-    /// Fold SQLite's write-ahead log back into the database file and empty
-    /// it. Its automatic checkpoints run at commits, so after a long
-    /// ingest the log can still hold pages that every read then looks up
-    /// there first. Returns whether the log was emptied (a reader still on
-    /// an older snapshot keeps it). PostgreSQL checkpoints by itself:
-    /// nothing to do there.
-    pub async fn checkpoint(&self) -> Result<bool, DbError> {
-        if self.backend() != DbBackend::Sqlite {
-            return Ok(true);
-        }
-        let row = self
-            .writer
-            .query_one_raw(Statement::from_string(
-                DbBackend::Sqlite,
-                "PRAGMA wal_checkpoint(TRUNCATE)",
-            ))
-            .await?
-            .ok_or(DbError::NotFound)?;
-        // (busy, log frames, checkpointed frames); busy = 1: not completed
-        Ok(row.try_get_by_index::<i32>(0)? == 0)
-    }
-
     /// Create the hospital `default` if the index has no hospital yet.
     /// Returns whether it was created.
     pub async fn ensure_default_hospital(&self) -> Result<bool, DbError> {
