@@ -422,18 +422,26 @@ fn instance_kept() -> OnConflict {
         .to_owned()
 }
 
-/// Rows per multi-row statement. Each row count is another prepared
-/// statement that SQLite's writer connection keeps in its cache (32 of
-/// them): small ones keep that cache small.
+/// Most rows in one multi-row statement.
 const ROWS_PER_INSERT: usize = 32;
 
+/// Statement sizes for `len` rows: 32, 16, 8, 4, 2 or 1 at a time, largest
+/// first. Every row count is another prepared statement that a connection
+/// keeps in its cache; this way a statement kind has six, not one per
+/// batch size.
+fn statement_sizes(mut len: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let n = 1 << len.min(ROWS_PER_INSERT).checked_ilog2()?;
+        len -= n;
+        Some(n)
+    })
+}
+
 fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
-    let mut chunks = Vec::with_capacity(rows.len().div_ceil(ROWS_PER_INSERT));
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        chunks.push(rows.by_ref().take(ROWS_PER_INSERT).collect());
-    }
-    chunks
+    let mut rows = rows.into_iter();
+    statement_sizes(rows.len())
+        .map(|n| rows.by_ref().take(n).collect())
+        .collect()
 }
 
 /// The study and series rows a batch has written so far, by UID.
@@ -560,30 +568,36 @@ pub(super) async fn recount<C: ConnectionTrait>(
         for (study_pk, modality) in rows {
             modalities.entry(study_pk).or_default().insert(modality);
         }
-        // one UPDATE for the chunk, each study's modalities joined in from
-        // a VALUES list (its columns are column1, column2 on both databases)
-        let mut sql = String::from(
-            "UPDATE studies SET \
-               number_of_series = (SELECT COUNT(*) FROM series WHERE study_id = studies.id), \
-               number_of_instances = (SELECT COUNT(*) FROM instances WHERE study_id = studies.id), \
-               size_bytes = (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM instances WHERE study_id = studies.id), \
-               modalities_in_study = v.column2, updated_at = $1 \
-             FROM (VALUES ",
-        );
-        let mut values: Vec<sea_orm::Value> = vec![now.into()];
-        for (i, study_pk) in chunk.iter().enumerate() {
-            let listed: Vec<&str> = modalities
-                .get(study_pk)
-                .map(|m| m.iter().map(String::as_str).collect())
-                .unwrap_or_default();
-            let n = values.len();
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(sql, "{sep}(${}, ${})", n + 1, n + 2);
-            values.push((*study_pk).into());
-            values.push(listed.join("\\").into());
+        // one UPDATE per few studies, each study's modalities joined in
+        // from a VALUES list (its columns are column1, column2 on both
+        // databases)
+        let mut rest = chunk;
+        for n in statement_sizes(chunk.len()) {
+            let (studies, more) = rest.split_at(n);
+            rest = more;
+            let mut sql = String::from(
+                "UPDATE studies SET \
+                   number_of_series = (SELECT COUNT(*) FROM series WHERE study_id = studies.id), \
+                   number_of_instances = (SELECT COUNT(*) FROM instances WHERE study_id = studies.id), \
+                   size_bytes = (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM instances WHERE study_id = studies.id), \
+                   modalities_in_study = v.column2, updated_at = $1 \
+                 FROM (VALUES ",
+            );
+            let mut values: Vec<sea_orm::Value> = vec![now.into()];
+            for (i, study_pk) in studies.iter().enumerate() {
+                let listed: Vec<&str> = modalities
+                    .get(study_pk)
+                    .map(|m| m.iter().map(String::as_str).collect())
+                    .unwrap_or_default();
+                let n = values.len();
+                let sep = if i == 0 { "" } else { ", " };
+                let _ = write!(sql, "{sep}(${}, ${})", n + 1, n + 2);
+                values.push((*study_pk).into());
+                values.push(listed.join("\\").into());
+            }
+            sql.push_str(") AS v WHERE studies.id = v.column1");
+            exec(c, &sql, values).await?;
         }
-        sql.push_str(") AS v WHERE studies.id = v.column1");
-        exec(c, &sql, values).await?;
         study::Entity::delete_many()
             .filter(study::Column::Id.is_in(chunk.iter().copied()))
             .filter(study::Column::NumberOfInstances.eq(0))
@@ -591,4 +605,25 @@ pub(super) async fn recount<C: ConnectionTrait>(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row in exactly one statement, in at most six sizes.
+    #[test]
+    fn statement_sizes_are_powers_of_two_up_to_32_covering_all_rows() {
+        let mut seen = BTreeSet::new();
+        for len in 0..=300 {
+            let sizes: Vec<usize> = statement_sizes(len).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), len);
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+            seen.extend(sizes);
+        }
+        assert_eq!(seen, BTreeSet::from([1, 2, 4, 8, 16, 32]));
+        let chunks = chunked((0..50).collect::<Vec<_>>());
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [32, 16, 2]);
+        assert_eq!(chunks.concat(), (0..50).collect::<Vec<_>>());
+    }
 }

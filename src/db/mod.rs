@@ -118,10 +118,15 @@ impl Db {
             // SQLite's single writer one more hop per transaction.
             .test_before_acquire_if_idle_for(Duration::from_secs(30))
             .sqlx_logging(false);
-        if let Some(timeout) = pool.statement_timeout {
-            let ms = timeout.as_millis().to_string();
-            opt.map_sqlx_postgres_opts(move |o| o.options([("statement_timeout", ms.as_str())]));
-        }
+        let timeout_ms = pool.statement_timeout.map(|t| t.as_millis().to_string());
+        opt.map_sqlx_postgres_opts(move |o| {
+            // as on SQLite, below
+            let o = o.statement_cache_capacity(32);
+            match &timeout_ms {
+                Some(ms) => o.options([("statement_timeout", ms.as_str())]),
+                None => o,
+            }
+        });
         opt.map_sqlx_sqlite_opts(|o| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
@@ -130,9 +135,10 @@ impl Db {
                 // LIKE case-sensitive as on PostgreSQL, and able to use indexes
                 .pragma("case_sensitive_like", "ON")
                 // Each connection keeps its prepared statements; the batch
-                // inserts differ by row count, so sqlx's default of 100 filled
-                // every connection with large ones (9 MiB over 8 connections
-                // after 40,000 instances). The searches and lookups fit in 32.
+                // statements differ by row count, so sqlx's default of 100
+                // filled every connection with large ones (9 MiB over 8
+                // connections after 40,000 instances). The searches and
+                // lookups fit in 32.
                 .statement_cache_capacity(32)
         });
         let conn = Database::connect(opt.clone()).await?;
