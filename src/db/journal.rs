@@ -19,7 +19,7 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Db, DbError, IN_CHUNK, now_millis};
+use super::{Db, DbError, chunked, now_millis};
 
 /// Keys of one batch, and where the grouped insert answers.
 #[derive(Debug)]
@@ -55,13 +55,16 @@ pub(super) fn start(writer: DatabaseConnection) -> mpsc::UnboundedSender<Journal
 async fn insert(writer: &DatabaseConnection, keys: &[&str]) -> Result<(), DbErr> {
     let now = now_millis();
     let txn = writer.begin().await?;
-    for chunk in keys.chunks(IN_CHUNK) {
-        let rows = chunk.iter().map(|key| pending_blob::ActiveModel {
+    let rows: Vec<_> = keys
+        .iter()
+        .map(|key| pending_blob::ActiveModel {
             blob_key: Set((*key).to_owned()),
             created_at: Set(now),
             ..Default::default()
-        });
-        pending_blob::Entity::insert_many(rows)
+        })
+        .collect();
+    for chunk in chunked(rows) {
+        pending_blob::Entity::insert_many(chunk)
             .exec_without_returning(&txn)
             .await?;
     }

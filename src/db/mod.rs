@@ -33,9 +33,32 @@ pub use retrieve::{
     InstanceBlobRow, InstanceFilter, InstanceLayout, InstanceMetadataRow, SeriesRef, StudyRef,
 };
 
-/// Values per `IN (…)` list or multi-row insert (SQLite allows 32,766
-/// parameters a statement).
+/// Values per `IN (…)` list (SQLite allows 32,766 parameters a
+/// statement).
 const IN_CHUNK: usize = 500;
+
+/// Most rows in one multi-row insert or `VALUES` list.
+const ROWS_PER_INSERT: usize = 32;
+
+/// Statement sizes for `len` rows: 32, 16, 8, 4, 2 or 1 at a time, largest
+/// first. Every row count is another prepared statement that a connection
+/// keeps in its cache; this way a statement kind has six, not one per
+/// batch size.
+fn statement_sizes(mut len: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let n = 1 << len.min(ROWS_PER_INSERT).checked_ilog2()?;
+        len -= n;
+        Some(n)
+    })
+}
+
+/// `rows` in statements of [`statement_sizes`].
+fn chunked<T>(rows: Vec<T>) -> Vec<Vec<T>> {
+    let mut rows = rows.into_iter();
+    statement_sizes(rows.len())
+        .map(|n| rows.by_ref().take(n).collect())
+        .collect()
+}
 
 /// The id of the hospital created on an empty index.
 pub const DEFAULT_HOSPITAL: &str = "default";
@@ -236,5 +259,28 @@ pub struct HospitalDb {
 impl HospitalDb {
     pub fn hospital(&self) -> &Hospital {
         &self.hospital
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every row in exactly one statement, in at most six sizes.
+    #[test]
+    fn statement_sizes_are_powers_of_two_up_to_32_covering_all_rows() {
+        let mut seen = BTreeSet::new();
+        for len in 0..=300 {
+            let sizes: Vec<usize> = statement_sizes(len).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), len);
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+            seen.extend(sizes);
+        }
+        assert_eq!(seen, BTreeSet::from([1, 2, 4, 8, 16, 32]));
+        let chunks = chunked((0..50).collect::<Vec<_>>());
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [32, 16, 2]);
+        assert_eq!(chunks.concat(), (0..50).collect::<Vec<_>>());
     }
 }
