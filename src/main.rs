@@ -130,7 +130,6 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
-    cloudpacs::heap::limit_arenas();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(run()),
         Err(e) => {
@@ -368,8 +367,6 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
         })
     };
 
-    let trimmer = tokio::spawn(cloudpacs::heap::trim_when_idle());
-
     let audit = state.audit.clone();
     let retention_stop = Arc::new(tokio::sync::Notify::new());
     let retention = (config.policy.retention_interval_secs > 0).then(|| {
@@ -406,7 +403,6 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tokio::select! {
         result = &mut server => {
             sweeper.abort();
-            trimmer.abort();
             retention_stop.notify_one();
             audit.flush().await;
             return result.map_err(|e| e.to_string())?.map_err(|e| e.to_string());
@@ -416,7 +412,6 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tracing::info!("shutting down: finishing in-flight requests");
     shutdown.notify_one();
     sweeper.abort();
-    trimmer.abort();
     retention_stop.notify_one();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, server).await {

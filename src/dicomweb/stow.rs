@@ -48,7 +48,6 @@ async fn store(
     body: Body,
     study: Option<Uid>,
 ) -> Result<Response, ApiError> {
-    let _ingesting = crate::heap::Ingesting::start();
     let archive = app.archive.clone();
     let mut parts = Parts::new(&headers, body, app.max_request_bytes)?;
     // The body is read (parts spooled, in memory or on disk) while the parts already
