@@ -4,7 +4,7 @@
 //! Measured with the benchmark (`bench/ANALYSIS.md`), same machine, same
 //! run conditions, 100,000 studies loaded by STOW: with glibc's malloc the
 //! server's CPU per small instance grew from 0.54 ms at 1,000 studies to
-//! 0.79 ms at 100,000, and a search cost 3.6 ms of CPU instead of 1.8: the
+//! 0.79 ms at 100,000, and a search there cost 3.6 ms of CPU: the
 //! heap fragments under ingest (parts of 10 KB to 1 MiB, metadata, SQL,
 //! page-cache pages), and glibc's `malloc` then spends its time walking
 //! and consolidating free chunks (30 % of the server's CPU in `perf`).
