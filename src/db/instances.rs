@@ -22,7 +22,7 @@ use sea_orm::{
 };
 use serde_json::{Map, Value};
 
-use super::{DbError, HospitalDb, IN_CHUNK, chunked, now_millis, statement_sizes};
+use super::{DbError, HospitalDb, IN_CHUNK, chunked, now_millis};
 use crate::config::DuplicatePolicy;
 use crate::dicom::{Inspected, normalize_person_name};
 
@@ -549,10 +549,7 @@ pub(super) async fn recount<C: ConnectionTrait>(
         // one UPDATE per few studies, each study's modalities joined in
         // from a VALUES list (its columns are column1, column2 on both
         // databases)
-        let mut rest = chunk;
-        for n in statement_sizes(chunk.len()) {
-            let (studies, more) = rest.split_at(n);
-            rest = more;
+        for studies in chunked(chunk.to_vec()) {
             let mut sql = String::from(
                 "UPDATE studies SET \
                    number_of_series = (SELECT COUNT(*) FROM series WHERE study_id = studies.id), \
