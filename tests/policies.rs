@@ -361,7 +361,7 @@ async fn the_index_transaction_enforces_the_quota_itself() {
                 inspected: &inspected,
                 blob_key: format!("test/{n}"),
                 size_bytes: size,
-                sha256: format!("{n:064}"),
+                digest: format!("blake3:{n:064}"),
             };
             scope
                 .index_instances(std::slice::from_ref(&new), DuplicatePolicy::Reject)

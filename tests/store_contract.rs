@@ -183,7 +183,7 @@ async fn local_folder_keeps_the_contract() {
 }
 
 /// Parts up to 1 MiB stay in memory while the budget lasts; the others go
-/// to spool files. Either way the bytes and the SHA-256 are the part's, and
+/// to spool files. Either way the bytes and the digest are the part's, and
 /// a part dropped gives its memory back and leaves no file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_keeps_small_parts_in_memory_within_its_budget() {
@@ -194,7 +194,10 @@ async fn spool_keeps_small_parts_in_memory_within_its_budget() {
     let files_in_spool = || std::fs::read_dir(spool.dir()).unwrap().count();
     let check = |file: &cloudpacs::store::SpoolFile, data: &[u8]| {
         assert_eq!(file.size, data.len() as u64);
-        assert_eq!(file.sha256, hex::encode(Sha256::digest(data)));
+        assert_eq!(
+            file.digest,
+            format!("blake3:{}", blake3::hash(data).to_hex())
+        );
         match (file.chunks(), file.path()) {
             (Some(chunks), None) => assert!(chunks.concat() == data),
             (None, Some(path)) => assert!(std::fs::read(path).unwrap() == data),
@@ -269,9 +272,15 @@ async fn s3_keeps_the_contract() {
     assert_eq!(head.content_length(), Some((12 * MIB + 12_345) as i64));
     assert_eq!(
         head.metadata()
-            .and_then(|m| m.get("sha256"))
+            .and_then(|m| m.get("digest"))
             .map(String::as_str),
-        Some(hex::encode(Sha256::digest(pattern(12 * MIB + 12_345, 2))).as_str())
+        Some(
+            format!(
+                "blake3:{}",
+                blake3::hash(&pattern(12 * MIB + 12_345, 2)).to_hex()
+            )
+            .as_str()
+        )
     );
 }
 

@@ -647,6 +647,58 @@ async fn identical_resend_is_a_noop_and_a_different_object_is_rejected() {
     );
 }
 
+/// Rows indexed before BLAKE3 hold the hex SHA-256 of their blob
+/// (migration 7): a retry of such an instance is still the same object,
+/// whether its part stays in memory or goes to a spool file, and different
+/// bytes are still a conflict.
+#[tokio::test]
+async fn a_retry_matches_an_instance_indexed_with_sha256() {
+    use sea_orm::{ConnectionTrait, Statement};
+    use sha2::{Digest, Sha256};
+    let app = TestApp::new().await;
+    let small = synth(1).bytes();
+    // 2 MiB: more than a part kept in memory
+    let large = Synth {
+        rows: 1024,
+        columns: 1024,
+        ..synth(2)
+    }
+    .bytes();
+    let both = multipart(&[&small, &large]);
+    assert_eq!(
+        app.stow("/dicom-web/studies", both.clone()).await.0,
+        StatusCode::OK
+    );
+    let db = app.state.archive.db.conn();
+    for (n, bytes) in [(1, &small), (2, &large)] {
+        let sql = format!(
+            "UPDATE instances SET digest = '{}' WHERE sop_uid = '{}'",
+            hex::encode(Sha256::digest(bytes)),
+            synth(n).sop
+        );
+        db.execute_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap();
+    }
+    let (status, resp) = app.stow("/dicom-web/studies", both).await;
+    assert_eq!(status, StatusCode::OK, "retry succeeds: {resp}");
+    assert_eq!(referenced(&resp).len(), 2);
+    assert_eq!(
+        app.scalar("SELECT COUNT(*) AS n FROM instances WHERE digest LIKE 'blake3:%'")
+            .await,
+        0,
+        "the rows are unchanged"
+    );
+    let (status, resp) = app
+        .stow(
+            "/dicom-web/studies",
+            multipart(&[synth(1).fill(99).bytes()]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{resp}");
+    assert_eq!(app.blob_files().len(), 2);
+}
+
 #[tokio::test]
 async fn overwrite_policy_replaces_the_object() {
     let app = TestApp::builder()

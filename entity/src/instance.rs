@@ -20,7 +20,9 @@ pub struct Model {
     #[sea_orm(unique)]
     pub blob_key: String,
     pub size_bytes: i64,
-    pub sha256: String,
+    /// `blake3:` and the hex BLAKE3 hash of the blob; the hex SHA-256 alone
+    /// on rows indexed before BLAKE3 (migration 7).
+    pub digest: String,
     /// Offset of the first byte of the PixelData value (native) or of the
     /// first item of the pixel sequence (encapsulated).
     pub pixel_data_offset: Option<i64>,

@@ -11,6 +11,7 @@ mod m20261128_000003_credentials;
 mod m20261128_000004_policies;
 mod m20261204_000005_covering_study_indexes;
 mod m20261205_000006_drop_duplicate_received_index;
+mod m20261205_000007_instance_digest;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_policies::Migration),
             Box::new(m20261204_000005_covering_study_indexes::Migration),
             Box::new(m20261205_000006_drop_duplicate_received_index::Migration),
+            Box::new(m20261205_000007_instance_digest::Migration),
         ]
     }
 }

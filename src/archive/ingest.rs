@@ -110,7 +110,7 @@ struct Pending {
     stored: StoredInstance,
     key: BlobKey,
     size_bytes: i64,
-    sha256: String,
+    digest: String,
 }
 
 fn cannot_parse() -> PartOutcome {
@@ -228,7 +228,7 @@ impl Archive {
             // A retry of an instance already stored: nothing to write.
             let replaced_size = match &already {
                 Ok(found) => match found.get(inspected.sop_instance_uid.as_str()) {
-                    Some((sha, _)) if *sha == file.sha256 => {
+                    Some((digest, _)) if file.has_digest(digest).await => {
                         outcomes[slot] = Some(PartOutcome::Stored(stored));
                         continue;
                     }
@@ -271,7 +271,7 @@ impl Archive {
                 stored,
                 key: key.clone(),
                 size_bytes: file.size as i64,
-                sha256: file.sha256.clone(),
+                digest: file.digest.clone(),
             });
             spooled.push((key, file));
         }
@@ -330,7 +330,7 @@ impl Archive {
                 inspected: &p.inspected,
                 blob_key: p.key.as_str().to_owned(),
                 size_bytes: p.size_bytes,
-                sha256: p.sha256.clone(),
+                digest: p.digest.clone(),
             })
             .collect();
         let indexed = scope.index_instances(&news, self.duplicate_policy).await;

@@ -31,7 +31,8 @@ pub struct NewInstance<'a> {
     pub inspected: &'a Inspected,
     pub blob_key: String,
     pub size_bytes: i64,
-    pub sha256: String,
+    /// See `store::spool`: BLAKE3, or SHA-256 on rows from before it.
+    pub digest: String,
 }
 
 /// The result of indexing an instance.
@@ -64,7 +65,7 @@ fn json_text(map: &Map<String, Value>) -> String {
 }
 
 impl HospitalDb {
-    /// The stored SHA-256 and size of those of `sop_uids` already stored,
+    /// The stored digest and size of those of `sop_uids` already stored,
     /// by SOP Instance UID (cheap pre-checks for retried uploads and for
     /// the quota): one query for a batch, without the metadata column.
     pub async fn stored_instances(
@@ -78,7 +79,7 @@ impl HospitalDb {
             .select_only()
             .columns([
                 instance::Column::SopUid,
-                instance::Column::Sha256,
+                instance::Column::Digest,
                 instance::Column::SizeBytes,
             ])
             .filter(instance::Column::HospitalId.eq(self.hospital.pk))
@@ -88,7 +89,7 @@ impl HospitalDb {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(sop, sha, size)| (sop, (sha, size)))
+            .map(|(sop, digest, size)| (sop, (digest, size)))
             .collect())
     }
 
@@ -253,7 +254,9 @@ impl HospitalDb {
                 .one(txn)
                 .await?
                 .ok_or_else(|| sea_orm::DbErr::RecordNotFound("instance in conflict".into()))?;
-            if old.sha256 == new.sha256 {
+            // A row from before BLAKE3 (SHA-256) was already compared by
+            // ingest's pre-check; one indexed since is BLAKE3 like `new`.
+            if old.digest == new.digest {
                 return Ok(Ok(Placed {
                     indexed: Indexed::Identical,
                     delta: 0,
@@ -401,7 +404,7 @@ fn instance_row(
         number_of_frames: Set(ins.number_of_frames),
         blob_key: Set(new.blob_key.clone()),
         size_bytes: Set(new.size_bytes),
-        sha256: Set(new.sha256.clone()),
+        digest: Set(new.digest.clone()),
         pixel_data_offset: Set(ins.pixel_data.map(|p| p.0 as i64)),
         pixel_data_length: Set(ins.pixel_data.map(|p| p.1 as i64)),
         frames: Set(ins

@@ -215,7 +215,7 @@ impl S3Store {
             .key(object)
             .content_type("application/dicom")
             .content_length(to_i64(file.size)?)
-            .metadata("sha256", &file.sha256)
+            .metadata("digest", &file.digest)
             .body(body)
             .send()
             .await
@@ -235,7 +235,7 @@ impl S3Store {
             .bucket(bucket)
             .key(object)
             .content_type("application/dicom")
-            .metadata("sha256", &file.sha256)
+            .metadata("digest", &file.digest)
             .send()
             .await
             .map_err(|e| map_sdk_error("CreateMultipartUpload", e))?;
