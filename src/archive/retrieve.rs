@@ -20,6 +20,9 @@ use crate::store::{BlobKey, ByteStream, StoreError};
 /// Rows read from the index per query when streaming a study or series.
 const PAGE: u64 = 100;
 
+/// Instances of a retrieve opened ahead of the one being sent.
+const PREFETCH: usize = 3;
+
 /// The path of PixelData in the bulk data map and in BulkDataURIs.
 pub const PIXEL_DATA_PATH: &str = "7FE00010";
 
@@ -182,10 +185,13 @@ impl Archive {
             },
             |row| row.pk,
         )
-        .and_then(move |row| {
+        // The next instances are opened (and read, when small) while the
+        // current one is sent.
+        .map(move |row| {
             let store = store.clone();
             let target = target.clone();
             async move {
+                let row = row?;
                 let bytes = store.get(&BlobKey::from_stored(row.blob_key)).await?;
                 let stored = InstanceBlob {
                     transfer_syntax: row.transfer_syntax,
@@ -198,6 +204,7 @@ impl Archive {
                 }
             }
         })
+        .buffered(PREFETCH)
     }
 
     /// Every covered instance's stored DICOM JSON, read a page at a time.

@@ -97,6 +97,20 @@ fn read_range(path: &Path, offset: u64, length: u64) -> Result<bytes::Bytes, Sto
     Ok(buf.into())
 }
 
+/// A whole blob of at most [`WHOLE_READ_MAX`] bytes, or the open file of a
+/// larger one (blocking).
+fn read_small(path: &Path) -> Result<Result<bytes::Bytes, std::fs::File>, StoreError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(open_error)?;
+    let len = file.metadata()?.len();
+    if len > WHOLE_READ_MAX {
+        return Ok(Err(file));
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or_default());
+    file.read_to_end(&mut buf)?;
+    Ok(Ok(buf.into()))
+}
+
 /// Files and folders written and fsynced at the same time by
 /// [`FsStore::put_many`], over all requests: concurrent fsyncs share the
 /// file system's journal commits, and each one holds a thread of the
@@ -209,8 +223,19 @@ impl BlobStore for FsStore {
     }
 
     async fn get(&self, key: &BlobKey) -> Result<ByteStream, StoreError> {
-        let file = self.open_blob(key).await?;
-        Ok(Box::pin(ReaderStream::with_capacity(file, READ_CHUNK)))
+        // Most instances are read whole in one trip to the blocking pool;
+        // a larger one is streamed (each read a trip of its own).
+        let path = key.path_under(&self.root);
+        let opened = tokio::task::spawn_blocking(move || read_small(&path))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(match opened {
+            Ok(bytes) => Box::pin(stream::once(async move { Ok(bytes) })),
+            Err(file) => Box::pin(ReaderStream::with_capacity(
+                tokio::fs::File::from_std(file),
+                READ_CHUNK,
+            )),
+        })
     }
 
     async fn get_range(
