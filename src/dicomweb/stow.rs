@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::multipart::{Next, Parts};
 use super::{StudyPath, WebRoot};
@@ -113,65 +113,77 @@ const STOW_BATCH_BYTES: u64 = 256 << 20;
 /// The Store Instances Response Module (PS3.18 Table 10.5.3-3) and status:
 /// 200 all stored, 202 some failed, 409 none stored because of a conflict,
 /// 400 none stored because nothing could be understood.
+///
+/// The body is written item by item: as one `serde_json::Value` tree, the
+/// response to a 4,000-instance STOW held 14.5 MB at once.
 fn encode(outcomes: &[PartOutcome], root: &WebRoot) -> Response {
     let ui = |v: Option<&Uid>| match v {
         Some(uid) => json!({"vr": "UI", "Value": [uid.as_str()]}),
         None => json!({"vr": "UI"}),
     };
-    let mut referenced = Vec::new();
-    let mut failed = Vec::new();
+    let stored = || {
+        outcomes.iter().filter_map(|o| match o {
+            PartOutcome::Stored(s) => Some(s),
+            PartOutcome::Failed(_) => None,
+        })
+    };
+    let failed = || {
+        outcomes.iter().filter_map(|o| match o {
+            PartOutcome::Failed(f) => Some(f),
+            PartOutcome::Stored(_) => None,
+        })
+    };
     let mut studies: Vec<&Uid> = Vec::new();
-    for outcome in outcomes {
-        match outcome {
-            PartOutcome::Stored(s) => {
-                if !studies.contains(&&s.study_uid) {
-                    studies.push(&s.study_uid);
-                }
-                let url = root.instance(
-                    s.study_uid.as_str(),
-                    s.series_uid.as_str(),
-                    s.sop_instance_uid.as_str(),
-                );
-                referenced.push(json!({
-                    "00081150": ui(Some(&s.sop_class_uid)),
-                    "00081155": ui(Some(&s.sop_instance_uid)),
-                    "00081190": {"vr": "UR", "Value": [url]},
-                }));
-            }
-            PartOutcome::Failed(f) => failed.push(json!({
-                "00000902": {"vr": "LO", "Value": [truncate(&f.comment, 64)]},
-                "00081150": ui(f.sop_class_uid.as_ref()),
-                "00081155": ui(f.sop_instance_uid.as_ref()),
-                "00081197": {"vr": "US", "Value": [f.reason.code()]},
-            })),
+    for s in stored() {
+        if !studies.contains(&&s.study_uid) {
+            studies.push(&s.study_uid);
         }
     }
-    let status = if failed.is_empty() {
+    let status = if failed().next().is_none() {
         StatusCode::OK
-    } else if !referenced.is_empty() {
+    } else if stored().next().is_some() {
         StatusCode::ACCEPTED
-    } else if outcomes
-        .iter()
-        .any(|o| matches!(o, PartOutcome::Failed(f) if f.reason.is_conflict()))
-    {
+    } else if failed().any(|f| f.reason.is_conflict()) {
         StatusCode::CONFLICT
     } else {
         StatusCode::BAD_REQUEST
     };
-    let mut body = Map::new();
+    let mut body = Vec::with_capacity(256 * outcomes.len() + 256);
+    body.push(b'{');
     if let [study] = studies.as_slice() {
-        body.insert(
-            "00081190".into(),
-            json!({"vr": "UR", "Value": [root.study(study.as_str())]}),
-        );
+        let url = json!({"vr": "UR", "Value": [root.study(study.as_str())]});
+        write_member(&mut body, "00081190", &url.to_string());
     }
-    if !failed.is_empty() {
-        body.insert("00081198".into(), json!({"vr": "SQ", "Value": failed}));
-    }
-    if !referenced.is_empty() {
-        body.insert("00081199".into(), json!({"vr": "SQ", "Value": referenced}));
-    }
-    let mut resp = (status, Value::Object(body).to_string()).into_response();
+    write_sequence(
+        &mut body,
+        "00081198",
+        failed().map(|f| {
+            json!({
+                "00000902": {"vr": "LO", "Value": [truncate(&f.comment, 64)]},
+                "00081150": ui(f.sop_class_uid.as_ref()),
+                "00081155": ui(f.sop_instance_uid.as_ref()),
+                "00081197": {"vr": "US", "Value": [f.reason.code()]},
+            })
+        }),
+    );
+    write_sequence(
+        &mut body,
+        "00081199",
+        stored().map(|s| {
+            let url = root.instance(
+                s.study_uid.as_str(),
+                s.series_uid.as_str(),
+                s.sop_instance_uid.as_str(),
+            );
+            json!({
+                "00081150": ui(Some(&s.sop_class_uid)),
+                "00081155": ui(Some(&s.sop_instance_uid)),
+                "00081190": {"vr": "UR", "Value": [url]},
+            })
+        }),
+    );
+    body.push(b'}');
+    let mut resp = (status, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/dicom+json"),
@@ -181,6 +193,33 @@ fn encode(outcomes: &[PartOutcome], root: &WebRoot) -> Response {
         studies.iter().map(|s| s.as_str().to_owned()).collect(),
     ));
     resp
+}
+
+/// Append `"key":value` to a JSON object being written.
+fn write_member(out: &mut Vec<u8>, key: &str, value: &str) {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// Append a sequence attribute of `items`, unless there is none.
+fn write_sequence(out: &mut Vec<u8>, key: &str, items: impl Iterator<Item = Value>) {
+    let mut items = items.peekable();
+    if items.peek().is_none() {
+        return;
+    }
+    write_member(out, key, r#"{"vr":"SQ","Value":["#);
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item.to_string().as_bytes());
+    }
+    out.extend_from_slice(b"]}");
 }
 
 /// ErrorComment is LO: at most 64 characters.
