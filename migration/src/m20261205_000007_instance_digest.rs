@@ -1,6 +1,9 @@
 //! `instances.sha256` becomes `digest`: new rows hold `blake3:` and the hex
 //! BLAKE3 hash of the blob; the rows already there keep their hex SHA-256
 //! (no prefix), which ingest still compares with. No row is rewritten.
+//! `down` renames the column back; the rows indexed since keep their BLAKE3
+//! digests, which an older binary would compare as SHA-256 (a retry of one
+//! of those instances would be taken for a different object).
 
 use sea_orm_migration::prelude::*;
 
