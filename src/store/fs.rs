@@ -64,7 +64,7 @@ impl FsStore {
     }
 }
 
-/// Ranges up to this size are read into memory at once.
+/// Blobs and ranges up to this size are read into memory at once.
 const WHOLE_READ_MAX: u64 = 4 * 1024 * 1024;
 
 /// Opening a blob that is not there is [`StoreError::NotFound`].
@@ -88,27 +88,29 @@ fn check_range(size: u64, offset: u64, length: u64) -> Result<(), StoreError> {
 
 /// Read `length` bytes at `offset` of a blob (blocking).
 fn read_range(path: &Path, offset: u64, length: u64) -> Result<bytes::Bytes, StoreError> {
-    use std::io::{Read, Seek};
     let mut file = std::fs::File::open(path).map_err(open_error)?;
     check_range(file.metadata()?.len(), offset, length)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut buf = vec![0; usize::try_from(length).unwrap_or(usize::MAX)];
-    file.read_exact(&mut buf)?;
-    Ok(buf.into())
+    read_at(&mut file, offset, length)
 }
 
 /// A whole blob of at most [`WHOLE_READ_MAX`] bytes, or the open file of a
 /// larger one (blocking).
 fn read_small(path: &Path) -> Result<Result<bytes::Bytes, std::fs::File>, StoreError> {
-    use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(open_error)?;
     let len = file.metadata()?.len();
     if len > WHOLE_READ_MAX {
         return Ok(Err(file));
     }
-    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or_default());
-    file.read_to_end(&mut buf)?;
-    Ok(Ok(buf.into()))
+    read_at(&mut file, 0, len).map(Ok)
+}
+
+/// `length` bytes at `offset` of an open blob, already checked to be there.
+fn read_at(file: &mut std::fs::File, offset: u64, length: u64) -> Result<bytes::Bytes, StoreError> {
+    use std::io::{Read, Seek};
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; usize::try_from(length).unwrap_or(usize::MAX)];
+    file.read_exact(&mut buf)?;
+    Ok(buf.into())
 }
 
 /// Files and folders written and fsynced at the same time by
