@@ -330,7 +330,7 @@ fn study_row(h: i64, ins: &Inspected, now: i64) -> study::ActiveModel {
         number_of_series: Set(0),
         number_of_instances: Set(0),
         size_bytes: Set(0),
-        attributes: Set(json_text(&ins.study_json)),
+        attributes: Set(ins.study_json.clone()),
         received_at: Set(now),
         updated_at: Set(now),
         ..Default::default()
@@ -359,7 +359,7 @@ fn series_row(h: i64, study_pk: i64, ins: &Inspected, now: i64) -> series::Activ
         pps_start_date: Set(r.pps_start_date.clone()),
         pps_start_time: Set(r.pps_start_time.clone()),
         number_of_instances: Set(0),
-        attributes: Set(json_text(&ins.series_json)),
+        attributes: Set(ins.series_json.clone()),
         received_at: Set(now),
         ..Default::default()
     }
@@ -412,7 +412,7 @@ fn instance_row(
             .as_ref()
             .map(|f| serde_json::to_string(f).unwrap_or_default())),
         bulk: Set(json_text(&bulk)),
-        metadata: Set(json_text(&ins.metadata)),
+        metadata: Set(ins.metadata.clone()),
         received_at: Set(now),
         ..Default::default()
     }

@@ -78,10 +78,12 @@ pub struct Inspected {
     /// Byte ranges of every frame, when they can be told apart.
     pub frames: Option<Vec<Vec<Range>>>,
     pub bulk: Vec<(String, Range)>,
-    /// DICOM JSON of the instance (bulk data by relative URI).
-    pub metadata: Map<String, Value>,
-    pub study_json: Map<String, Value>,
-    pub series_json: Map<String, Value>,
+    /// DICOM JSON text of the instance (bulk data by relative URI), and of
+    /// its study's and series' attributes: written here, on the blocking
+    /// pool, not while the index transaction holds SQLite's one writer.
+    pub metadata: String,
+    pub study_json: String,
+    pub series_json: String,
 }
 
 /// Why a received part is not stored; each maps to a PS3.18 Annex I
@@ -244,12 +246,13 @@ pub fn inspect<R: Read + Seek>(source: R, file_len: u64) -> Result<Inspected, In
         pps_start_date: text("00400244"),
         pps_start_time: text("00400245"),
     };
-    let pick = |wanted: &dyn Fn(&str) -> bool| -> Map<String, Value> {
-        metadata
+    let pick = |wanted: &dyn Fn(&str) -> bool| -> String {
+        let picked: Map<String, Value> = metadata
             .iter()
             .filter(|(k, _)| wanted(k))
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            .collect();
+        Value::Object(picked).to_string()
     };
     let study_json = pick(&|k| k.starts_with("0010") || STUDY_KEYS.contains(&k));
     let series_json = pick(&|k| SERIES_KEYS.contains(&k));
@@ -273,7 +276,7 @@ pub fn inspect<R: Read + Seek>(source: R, file_len: u64) -> Result<Inspected, In
         pixel_data: layout.pixel.as_ref().map(PixelLayout::extent),
         frames,
         bulk: layout.bulk,
-        metadata,
+        metadata: Value::Object(metadata).to_string(),
         study_json,
         series_json,
     })
