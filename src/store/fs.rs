@@ -105,11 +105,18 @@ fn read_small(path: &Path) -> Result<Result<bytes::Bytes, std::fs::File>, StoreE
 }
 
 /// `length` bytes at `offset` of an open blob, already checked to be there.
+///
+/// The buffer is not zeroed first: with a zeroed one (`vec![0; n]`, a
+/// `calloc`) a series retrieve ran at 1.6 GB/s instead of 3.5 and took 2.5
+/// times the CPU.
 fn read_at(file: &mut std::fs::File, offset: u64, length: u64) -> Result<bytes::Bytes, StoreError> {
     use std::io::{Read, Seek};
     file.seek(SeekFrom::Start(offset))?;
-    let mut buf = vec![0; usize::try_from(length).unwrap_or(usize::MAX)];
-    file.read_exact(&mut buf)?;
+    let mut buf = Vec::with_capacity(usize::try_from(length).unwrap_or(usize::MAX));
+    file.take(length).read_to_end(&mut buf)?;
+    if buf.len() as u64 != length {
+        return Err(StoreError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(buf.into())
 }
 
