@@ -60,10 +60,6 @@ pub enum IndexConflict {
     QuotaExceeded,
 }
 
-fn json_text(map: &Map<String, Value>) -> String {
-    serde_json::to_string(map).unwrap_or_default()
-}
-
 impl HospitalDb {
     /// The stored digest and size of those of `sop_uids` already stored,
     /// by SOP Instance UID (cheap pre-checks for retried uploads and for
@@ -411,7 +407,7 @@ fn instance_row(
             .frames
             .as_ref()
             .map(|f| serde_json::to_string(f).unwrap_or_default())),
-        bulk: Set(json_text(&bulk)),
+        bulk: Set(Value::Object(bulk).to_string()),
         metadata: Set(ins.metadata.clone()),
         received_at: Set(now),
         ..Default::default()
