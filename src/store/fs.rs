@@ -48,13 +48,11 @@ impl FsStore {
     ) -> Result<T, StoreError> {
         let slot = self.syncs.clone().acquire_owned().await;
         let slot = slot.map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let _slot = slot;
-            f()
+            f().map_err(StoreError::from)
         })
         .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
-        .map_err(StoreError::from)
     }
 
     async fn open_blob(&self, key: &BlobKey) -> Result<tokio::fs::File, StoreError> {
@@ -62,6 +60,20 @@ impl FsStore {
             .await
             .map_err(open_error)
     }
+}
+
+/// Run a file operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+}
+
+/// A blob or range read whole, as a stream of one chunk.
+fn whole(bytes: bytes::Bytes) -> ByteStream {
+    Box::pin(stream::once(async move { Ok(bytes) }))
 }
 
 /// Blobs and ranges up to this size are read into memory at once.
@@ -235,11 +247,8 @@ impl BlobStore for FsStore {
         // Most instances are read whole in one trip to the blocking pool;
         // a larger one is streamed (each read a trip of its own).
         let path = key.path_under(&self.root);
-        let opened = tokio::task::spawn_blocking(move || read_small(&path))
-            .await
-            .map_err(std::io::Error::other)??;
-        Ok(match opened {
-            Ok(bytes) => Box::pin(stream::once(async move { Ok(bytes) })),
+        Ok(match blocking(move || read_small(&path)).await? {
+            Ok(bytes) => whole(bytes),
             Err(file) => Box::pin(ReaderStream::with_capacity(
                 tokio::fs::File::from_std(file),
                 READ_CHUNK,
@@ -257,10 +266,9 @@ impl BlobStore for FsStore {
         // to the blocking pool (each tokio::fs call is a trip of its own).
         if length <= WHOLE_READ_MAX {
             let path = key.path_under(&self.root);
-            let bytes = tokio::task::spawn_blocking(move || read_range(&path, offset, length))
+            return blocking(move || read_range(&path, offset, length))
                 .await
-                .map_err(std::io::Error::other)??;
-            return Ok(Box::pin(stream::once(async move { Ok(bytes) })));
+                .map(whole);
         }
         let mut file = self.open_blob(key).await?;
         check_range(file.metadata().await?.len(), offset, length)?;
