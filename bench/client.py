@@ -261,11 +261,13 @@ def _stow_worker(args):
     return out
 
 
-def stow(server, jobs, data_dir, concurrency=4, label=""):
+def stow(server, jobs, data_dir, concurrency=4, label="", before=None):
     """Send jobs (see _body) from `concurrency` processes, round-robin. Bodies joined
-    from instance files are built before the clock starts."""
+    from instance files are built before the clock starts; then `before()`, if given."""
     global _BODIES
     _BODIES = [_body(j, data_dir) if j[0] == "parts" else None for j in jobs]
+    if before:
+        before()
     jobs = [("built", i) if j[0] == "parts" else j for i, j in enumerate(jobs)]
     chunks = [jobs[i::concurrency] for i in range(concurrency)]
     try:

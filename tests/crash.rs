@@ -157,12 +157,16 @@ async fn kill_minus_nine_loses_nothing_acknowledged() {
         .try_get::<i64>("", "n")
         .unwrap();
     assert_eq!(pending, 0, "the journal is empty after the sweep");
+    let journals = std::fs::read_dir(dir.path().join("blobs/.journal"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(journals, 0, "so is the blob folder's");
     let mut files = 0;
     let mut stack = vec![dir.path().join("blobs")];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(d).unwrap().flatten() {
             if e.path().is_dir() {
-                if e.file_name() != ".tmp" {
+                if e.file_name() != ".journal" {
                     stack.push(e.path());
                 }
             } else {

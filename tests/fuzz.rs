@@ -30,10 +30,7 @@ async fn post(app: &TestApp, content_type: &str, body: Vec<u8>) -> StatusCode {
 async fn consistent(app: &TestApp) {
     let blobs = app.blob_files().len() as i64;
     assert_eq!(app.instance_count().await, blobs);
-    assert_eq!(
-        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
-        0
-    );
+    assert_eq!(app.open_journals().await, 0);
     assert_eq!(app.spool_files(), 0);
 }
 

@@ -35,11 +35,7 @@ async fn assert_nothing_stored(app: &TestApp) {
         "no study row"
     );
     assert!(app.blob_files().is_empty(), "no blob");
-    assert_eq!(
-        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
-        0,
-        "no journal entry left"
-    );
+    assert_eq!(app.open_journals().await, 0, "no journal entry left");
 }
 
 #[tokio::test]
@@ -607,11 +603,7 @@ async fn a_series_cannot_span_two_studies_in_one_request() {
             .await,
         2
     );
-    assert_eq!(
-        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
-        0,
-        "every journal entry closed"
-    );
+    assert_eq!(app.open_journals().await, 0, "every journal entry closed");
 }
 
 #[tokio::test]
@@ -641,10 +633,7 @@ async fn identical_resend_is_a_noop_and_a_different_object_is_rejected() {
         first,
         "the stored object is unchanged"
     );
-    assert_eq!(
-        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
-        0
-    );
+    assert_eq!(app.open_journals().await, 0);
 }
 
 /// Rows indexed before BLAKE3 hold the hex SHA-256 of their blob
@@ -749,10 +738,7 @@ async fn concurrent_uploads_of_one_instance_leave_one_row_and_one_blob() {
     }
     assert_eq!(app.instance_count().await, 1);
     assert_eq!(app.blob_files().len(), 1, "no orphan blob");
-    assert_eq!(
-        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
-        0
-    );
+    assert_eq!(app.open_journals().await, 0);
     assert_eq!(
         app.scalar("SELECT CAST(number_of_instances AS BIGINT) AS n FROM studies")
             .await,
@@ -891,31 +877,58 @@ async fn orphan_blobs_of_an_interrupted_ingest_are_swept() {
     // and an interrupted spool file
     std::fs::write(app.dir.path().join("spool/abandoned.part"), b"x").unwrap();
 
-    let young = app
-        .state
-        .archive
-        .sweep_orphans(std::time::Duration::from_secs(3600))
-        .await
-        .unwrap();
+    let young = sweep(&app, std::time::Duration::from_secs(3600)).await;
     assert_eq!(
         young, 0,
         "entries younger than the age are left alone (another replica may be writing)"
     );
     assert!(orphan.exists());
-    let removed = app
-        .state
-        .archive
-        .sweep_orphans(std::time::Duration::ZERO)
-        .await
-        .unwrap();
+    let removed = sweep(&app, std::time::Duration::ZERO).await;
     assert_eq!(removed, 1);
     assert!(!orphan.exists());
     assert_eq!(app.spool_files(), 0);
     assert_eq!(app.blob_files().len(), 1, "the indexed blob is kept");
-    assert_eq!(
-        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
-        0
-    );
+    assert_eq!(app.open_journals().await, 0);
+}
+
+/// Run the orphan sweep over journals older than `age`; blobs removed.
+async fn sweep(app: &TestApp, age: std::time::Duration) -> usize {
+    app.state.archive.sweep_orphans(age).await.unwrap()
+}
+
+/// The local folder journals a batch's blobs in a file of its own: a
+/// crash between the puts and the index leaves that file, and the sweep
+/// deletes the blobs it lists that the index does not reference, keeps the
+/// others and removes the file.
+#[tokio::test]
+async fn orphan_blobs_of_the_blob_folders_journal_are_swept() {
+    let app = TestApp::new().await;
+    app.stow("/dicom-web/studies", multipart(&[synth(1).bytes()]))
+        .await;
+    let blobs = app.dir.path().join("blobs");
+    let indexed = app.blob_files().pop().unwrap();
+    let indexed_key = indexed.strip_prefix(&blobs).unwrap().to_str().unwrap();
+    let orphan_key = "default/1.2.3/1.2.3.4/1.2.3.4.6.feedface.dcm";
+    let orphan = blobs.join(orphan_key);
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"half an upload").unwrap();
+    app.state
+        .archive
+        .store
+        .journal(&[indexed_key, orphan_key])
+        .await
+        .unwrap()
+        .expect("the local folder keeps a journal");
+    assert_eq!(app.open_journals().await, 1);
+
+    let young = sweep(&app, std::time::Duration::from_secs(3600)).await;
+    assert_eq!(young, 0, "journals younger than the age are left alone");
+    assert!(orphan.exists());
+    let removed = sweep(&app, std::time::Duration::ZERO).await;
+    assert_eq!(removed, 1);
+    assert!(!orphan.exists());
+    assert!(indexed.exists(), "the indexed blob is kept");
+    assert_eq!(app.open_journals().await, 0, "the journal is removed");
 }
 
 #[tokio::test]

@@ -929,10 +929,7 @@ async fn delete_removes_rows_and_blobs_and_updates_counts() {
     assert_eq!(app.instance_count().await, 0);
     assert_eq!(app.scalar("SELECT COUNT(*) AS n FROM series").await, 0);
     assert_eq!(app.scalar("SELECT COUNT(*) AS n FROM studies").await, 0);
-    assert_eq!(
-        app.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await,
-        0
-    );
+    assert_eq!(app.open_journals().await, 0);
     assert!(app.blob_files().is_empty(), "{:?}", app.blob_files());
     assert_eq!(get(&app, &study, &[]).await.status(), StatusCode::NOT_FOUND);
     assert_eq!(delete(&app, &study).await, StatusCode::NOT_FOUND);

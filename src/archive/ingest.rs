@@ -6,7 +6,7 @@
 use crate::db::{HospitalDb, IndexConflict, Indexed, NewInstance};
 use crate::dicom::{InspectError, Inspected, Uid, inspect, inspect_file};
 use crate::store::spool::Source;
-use crate::store::{BlobKey, SpoolFile};
+use crate::store::{BlobKey, SpoolFile, WriteJournal};
 
 use super::Archive;
 
@@ -289,6 +289,21 @@ impl Archive {
             .collect()
     }
 
+    /// Journal the keys of blobs about to be written: in the store's own
+    /// journal when it keeps one (returned, to be closed), else in the
+    /// index.
+    async fn journal_blobs(&self, keys: &[&str]) -> Result<Option<WriteJournal>, String> {
+        match self.store.journal(keys).await {
+            Ok(None) => self
+                .db
+                .add_pending_blobs(keys)
+                .await
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
+            journaled => journaled.map_err(|e| e.to_string()),
+        }
+    }
+
     async fn store_and_index(
         &self,
         scope: &HospitalDb,
@@ -297,17 +312,24 @@ impl Archive {
         outcomes: &mut [Option<PartOutcome>],
     ) {
         let keys: Vec<&str> = pending.iter().map(|p| p.key.as_str()).collect();
-        if let Err(e) = self.db.add_pending_blobs(&keys).await {
-            tracing::error!(error = %e, "could not journal blobs");
-            for p in &pending {
-                outcomes[p.slot] = Some(failed_for(
-                    &p.stored,
-                    FailureReason::ProcessingFailure,
-                    "the index is unavailable",
-                ));
+        let journal = match self.journal_blobs(&keys).await {
+            Ok(journal) => journal,
+            Err(e) => {
+                tracing::error!(error = %e, "could not journal blobs");
+                for p in &pending {
+                    outcomes[p.slot] = Some(failed_for(
+                        &p.stored,
+                        FailureReason::ProcessingFailure,
+                        "the blob journal is unavailable",
+                    ));
+                }
+                return;
             }
-            return;
-        }
+        };
+        // Whether a blob of the batch is left neither indexed, deleted nor
+        // journaled in the index: then the store's journal stays open, for
+        // the sweep.
+        let mut unsettled = false;
         let put = self.store.put_many(spooled).await;
         let mut written = Vec::with_capacity(pending.len());
         for (p, result) in pending.into_iter().zip(put) {
@@ -315,7 +337,7 @@ impl Archive {
                 Ok(()) => written.push(p),
                 Err(e) => {
                     tracing::error!(error = %e, "could not store a blob");
-                    self.discard_blob(&p.key).await;
+                    unsettled |= !self.discard_blob(&p.key).await;
                     outcomes[p.slot] = Some(failed_for(
                         &p.stored,
                         FailureReason::ProcessingFailure,
@@ -333,7 +355,9 @@ impl Archive {
                 digest: p.digest.clone(),
             })
             .collect();
-        let indexed = scope.index_instances(&news, self.duplicate_policy).await;
+        let indexed = scope
+            .index_instances(&news, self.duplicate_policy, journal.is_none())
+            .await;
         drop(news);
         // Per instance: its index outcome, or None when it was not indexed.
         let results: Vec<_> = match indexed {
@@ -353,7 +377,7 @@ impl Archive {
             let outcome = match result {
                 Some(Ok(Indexed::Stored)) => PartOutcome::Stored(p.stored),
                 Some(Ok(Indexed::Identical)) => {
-                    self.discard_blob(&p.key).await;
+                    unsettled |= !self.discard_blob(&p.key).await;
                     PartOutcome::Stored(p.stored)
                 }
                 Some(Ok(Indexed::Replaced { old_blob })) => {
@@ -361,7 +385,7 @@ impl Archive {
                     PartOutcome::Stored(p.stored)
                 }
                 Some(Err(conflict)) => {
-                    self.discard_blob(&p.key).await;
+                    unsettled |= !self.discard_blob(&p.key).await;
                     match conflict {
                         IndexConflict::SeriesInOtherStudy => failed_for(
                             &p.stored,
@@ -379,7 +403,7 @@ impl Archive {
                     }
                 }
                 None => {
-                    self.discard_blob(&p.key).await;
+                    unsettled |= !self.discard_blob(&p.key).await;
                     failed_for(
                         &p.stored,
                         FailureReason::ProcessingFailure,
@@ -388,6 +412,12 @@ impl Archive {
                 }
             };
             outcomes[p.slot] = Some(outcome);
+        }
+        if let Some(journal) = journal
+            && !unsettled
+            && let Err(e) = self.store.close_journal(journal).await
+        {
+            tracing::warn!(error = %e, "could not close a journal of the blob store; the sweeper will");
         }
     }
 }

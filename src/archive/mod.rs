@@ -36,14 +36,23 @@ impl Archive {
     pub async fn sweep_orphans(&self, age: Duration) -> Result<usize, crate::db::DbError> {
         let mut removed = 0;
         for key in self.db.stale_pending_blobs(age).await? {
-            if !self.db.blob_referenced(&key).await? {
-                if let Err(e) = self.store.delete(&BlobKey::from_stored(key.clone())).await {
-                    tracing::warn!(error = %e, "could not delete an orphan blob; will retry");
-                    continue;
-                }
-                removed += 1;
+            if self.sweep_blob(&key, &mut removed).await? {
+                self.db.remove_pending_blob(&key).await?;
             }
-            self.db.remove_pending_blob(&key).await?;
+        }
+        match self.store.stale_journals(age).await {
+            Ok(journals) => {
+                for journal in journals {
+                    let mut settled = true;
+                    for key in &journal.keys {
+                        settled &= self.sweep_blob(key, &mut removed).await?;
+                    }
+                    if settled && let Err(e) = self.store.close_journal(journal).await {
+                        tracing::warn!(error = %e, "could not remove a journal of the blob store");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the journals of the blob store"),
         }
         if let Err(e) = self.spool.sweep(age).await {
             tracing::warn!(error = %e, "could not sweep the spool folder");
@@ -51,17 +60,39 @@ impl Archive {
         Ok(removed)
     }
 
+    /// Delete the journaled blob `key` unless the index references it;
+    /// whether it is settled (referenced, or deleted and counted in
+    /// `removed`).
+    async fn sweep_blob(&self, key: &str, removed: &mut usize) -> Result<bool, crate::db::DbError> {
+        if self.db.blob_referenced(key).await? {
+            return Ok(true);
+        }
+        if let Err(e) = self
+            .store
+            .delete(&BlobKey::from_stored(key.to_owned()))
+            .await
+        {
+            tracing::warn!(error = %e, "could not delete an orphan blob; will retry");
+            return Ok(false);
+        }
+        *removed += 1;
+        Ok(true)
+    }
+
     /// Delete a blob the index does not reference, keeping it journaled
-    /// until it is gone so a crash cannot leak it.
-    async fn discard_blob(&self, key: &BlobKey) {
-        // (already journaled when this ingest wrote it)
-        let _ = self.db.add_pending_blob(key.as_str()).await;
+    /// until it is gone so a crash cannot leak it. Whether it is gone or
+    /// journaled in the index (false: only a journal of the caller's still
+    /// covers it).
+    async fn discard_blob(&self, key: &BlobKey) -> bool {
+        let journaled = self.db.add_pending_blob(key.as_str()).await.is_ok();
         match self.store.delete(key).await {
             Ok(()) => {
                 let _ = self.db.remove_pending_blob(key.as_str()).await;
+                true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not delete a superseded blob; the sweeper will")
+                tracing::warn!(error = %e, "could not delete a superseded blob; the sweeper will");
+                journaled
             }
         }
     }

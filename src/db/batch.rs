@@ -2,7 +2,8 @@
 //! so one commit (one fsync of the index) for the lot instead of one per
 //! instance. What is the same for the whole batch is written once, at the
 //! end: the counts of each touched series and study, the journal entries of
-//! the indexed blobs, and the hospital's usage.
+//! the indexed blobs (when they are journaled in the index), and the
+//! hospital's usage.
 //!
 //! The batch is first indexed straight in its transaction, with a few
 //! multi-row statements for all its instances (studies, series, instances:
@@ -35,19 +36,22 @@ pub type BatchOutcome = Result<Result<Indexed, IndexConflict>, DbError>;
 impl HospitalDb {
     /// Index instances whose blobs are stored, in one transaction; one
     /// outcome per instance, in order. `Err` when the transaction itself
-    /// failed (then nothing was indexed).
+    /// failed (then nothing was indexed). With `journaled`, the blobs are
+    /// journaled in the index (`pending_blobs`), and the transaction
+    /// removes the entries of those it indexes.
     pub async fn index_instances(
         &self,
         news: &[NewInstance<'_>],
         policy: DuplicatePolicy,
+        journaled: bool,
     ) -> Result<Vec<BatchOutcome>, DbError> {
         for attempt in [Attempt::Straight, Attempt::Savepoints] {
-            if let Some(out) = self.index_batch(news, policy, attempt).await? {
+            if let Some(out) = self.index_batch(news, policy, attempt, journaled).await? {
                 return Ok(out);
             }
         }
         Ok(self
-            .index_batch(news, policy, Attempt::ChargeEach)
+            .index_batch(news, policy, Attempt::ChargeEach, journaled)
             .await?
             .expect("charged per instance, in savepoints"))
     }
@@ -58,6 +62,7 @@ impl HospitalDb {
         news: &[NewInstance<'_>],
         policy: DuplicatePolicy,
         attempt: Attempt,
+        journaled: bool,
     ) -> Result<Option<Vec<BatchOutcome>>, DbError> {
         let per_instance = attempt == Attempt::ChargeEach;
         let txn = self.db.writer.begin().await?;
@@ -87,16 +92,18 @@ impl HospitalDb {
         };
         let Written {
             touched,
-            journaled,
+            indexed,
             total,
             ..
         } = written;
         recount(&txn, &touched, now_millis()).await?;
-        for chunk in journaled.chunks(IN_CHUNK) {
-            pending_blob::Entity::delete_many()
-                .filter(pending_blob::Column::BlobKey.is_in(chunk.iter().copied()))
-                .exec(&txn)
-                .await?;
+        if journaled {
+            for chunk in indexed.chunks(IN_CHUNK) {
+                pending_blob::Entity::delete_many()
+                    .filter(pending_blob::Column::BlobKey.is_in(chunk.iter().copied()))
+                    .exec(&txn)
+                    .await?;
+            }
         }
         if !per_instance && !charge(&txn, self.hospital.pk, total).await? {
             // over the quota: again, charging instance by instance
@@ -155,7 +162,7 @@ struct Written<'a> {
     /// (study, series) pairs to recount
     touched: Vec<(i64, i64)>,
     /// blobs now indexed
-    journaled: Vec<&'a str>,
+    indexed: Vec<&'a str>,
     /// bytes added
     total: i64,
 }
@@ -173,7 +180,7 @@ impl<'a> Written<'a> {
         self.touched.extend(placed.touched);
         self.total += placed.delta;
         if placed.indexed != Indexed::Identical {
-            self.journaled.push(new.blob_key.as_str());
+            self.indexed.push(new.blob_key.as_str());
         }
         placed.indexed
     }

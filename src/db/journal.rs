@@ -4,8 +4,9 @@
 //! that never finished left behind, after checking that no instance
 //! references it.
 //!
-//! Every ingest batch journals its keys before writing its blobs: those
-//! inserts are grouped. One task takes every batch's keys that arrived
+//! An ingest batch whose blob store keeps no journal of its own (S3; see
+//! `BlobStore::journal`) journals its keys here before writing its blobs:
+//! those inserts are grouped. One task takes every batch's keys that arrived
 //! while the previous insert ran and records them with one statement and
 //! one commit, so concurrent STOW requests do not each queue for SQLite's
 //! single writer (and wait for a commit) of their own.

@@ -7,6 +7,10 @@
 //! key: ingest journals every key before its put, and the index never
 //! points to a blob before its put returned, so the sweep of the journal
 //! removes it (see `Archive::sweep_orphans`).
+//!
+//! The journal of a batch of puts is a file of its keys in `.journal/`
+//! (a name no key can have: keys start with a hospital id), fsynced with
+//! its folder before the first put; closing it removes the file.
 
 use std::collections::BTreeSet;
 use std::io::SeekFrom;
@@ -18,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Semaphore;
 use tokio_util::io::ReaderStream;
 
-use super::{BlobKey, BlobStore, ByteStream, SpoolFile, StoreError};
+use super::{BlobKey, BlobStore, ByteStream, SpoolFile, StoreError, WriteJournal};
 
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -32,7 +36,13 @@ pub struct FsStore {
 impl FsStore {
     /// Open (creating) the folder.
     pub async fn open(root: PathBuf) -> Result<Self, StoreError> {
-        tokio::fs::create_dir_all(&root).await?;
+        let journals = root.join(JOURNAL_DIR);
+        if !tokio::fs::try_exists(&journals).await? {
+            tokio::fs::create_dir_all(&journals).await?;
+            // the journal folder's own entry, durable before any journal
+            let root = root.clone();
+            blocking(move || Ok(std::fs::File::open(&root)?.sync_all()?)).await?;
+        }
         Ok(FsStore {
             root,
             syncs: Arc::new(Semaphore::new(SYNC_CONCURRENCY)),
@@ -60,6 +70,75 @@ impl FsStore {
             .await
             .map_err(open_error)
     }
+}
+
+/// The folder of the journals of puts, under the root.
+const JOURNAL_DIR: &str = ".journal";
+
+/// The last line of a complete journal file: one cut short by a crash
+/// (written, not yet fsynced) lacks it, and none of its blobs was written.
+const JOURNAL_END: &str = "end";
+
+/// Write a journal of `keys` as `name` in `dir` and fsync it and `dir`
+/// (blocking). A failed write removes what it wrote.
+fn write_journal(dir: &Path, name: &str, keys: &[String]) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(name);
+    let mut text = String::with_capacity(keys.iter().map(|k| k.len() + 1).sum::<usize>() + 4);
+    for key in keys {
+        text.push_str(key);
+        text.push('\n');
+    }
+    text.push_str(JOURNAL_END);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::File::open(dir)?.sync_all());
+    if written.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    written
+}
+
+/// The journals in `dir` last written before `cutoff`, at most `limit`
+/// (blocking). A journal cut short has no keys.
+fn read_journals(
+    dir: &Path,
+    cutoff: std::time::SystemTime,
+    limit: usize,
+) -> std::io::Result<Vec<WriteJournal>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        if out.len() == limit {
+            break;
+        }
+        let entry = entry?;
+        if entry.metadata()?.modified()? > cutoff {
+            continue;
+        }
+        let text = match std::fs::read_to_string(entry.path()) {
+            Ok(text) => text,
+            // closed meanwhile
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut lines: Vec<&str> = text.lines().collect();
+        let complete = lines.pop() == Some(JOURNAL_END);
+        out.push(WriteJournal {
+            id: entry.file_name().to_string_lossy().into_owned(),
+            keys: if complete {
+                lines.into_iter().map(str::to_owned).collect()
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// Run a file operation on the blocking pool.
@@ -194,6 +273,40 @@ fn write_chunks(out: &mut std::fs::File, chunks: &[bytes::Bytes]) -> std::io::Re
 
 #[async_trait::async_trait]
 impl BlobStore for FsStore {
+    async fn journal(&self, keys: &[&str]) -> Result<Option<WriteJournal>, StoreError> {
+        let journal = WriteJournal {
+            id: format!("{}.keys", uuid::Uuid::new_v4().simple()),
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        };
+        // Not in a sync slot: the batch's puts wait for it, and it is two
+        // small fsyncs.
+        let dir = self.root.join(JOURNAL_DIR);
+        let (id, written) = (journal.id.clone(), journal.keys.clone());
+        blocking(move || Ok(write_journal(&dir, &id, &written)?)).await?;
+        Ok(Some(journal))
+    }
+
+    async fn close_journal(&self, journal: WriteJournal) -> Result<(), StoreError> {
+        // Not fsynced: a removal lost in a crash only has the sweep look
+        // at the journal again.
+        match tokio::fs::remove_file(self.root.join(JOURNAL_DIR).join(&journal.id)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn stale_journals(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<Vec<WriteJournal>, StoreError> {
+        let dir = self.root.join(JOURNAL_DIR);
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        blocking(move || Ok(read_journals(&dir, cutoff, 100)?)).await
+    }
+
     async fn put(&self, key: &BlobKey, file: SpoolFile) -> Result<(), StoreError> {
         self.put_many(vec![(key.clone(), file)])
             .await
@@ -329,5 +442,57 @@ mod tests {
         let most = most.load(Ordering::SeqCst);
         assert!(most <= SYNC_CONCURRENCY, "{most} at once");
         assert!(most > 1, "they do run concurrently");
+    }
+
+    /// A journal is durable before the puts and listed by the sweep once
+    /// old enough, with its keys; closing it removes it.
+    #[tokio::test]
+    async fn journals_are_listed_when_stale_and_gone_when_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path().to_owned()).await.unwrap();
+        let keys = ["h/1.2/1.2.3/1.2.3.4.aa.dcm", "h/1.2/1.2.3/1.2.3.5.bb.dcm"];
+        let journal = store.journal(&keys).await.unwrap().unwrap();
+        assert_eq!(journal.keys, keys);
+        let young = store
+            .stale_journals(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert!(young.is_empty(), "{young:?}");
+        let stale = store
+            .stale_journals(std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(stale, vec![journal.clone()]);
+        store.close_journal(journal.clone()).await.unwrap();
+        assert!(
+            store
+                .stale_journals(std::time::Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // closing twice (the sweep and a late ingest) is fine
+        store.close_journal(journal).await.unwrap();
+    }
+
+    /// A journal cut short by a crash (no end line) lists no keys: none
+    /// of its blobs was written, and a torn key must not name a folder.
+    #[tokio::test]
+    async fn a_torn_journal_has_no_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path().to_owned()).await.unwrap();
+        let torn = dir.path().join(JOURNAL_DIR).join("torn.keys");
+        std::fs::write(&torn, "h/1.2/1.2.3/1.2.3.4.aa.dcm\nh/1.2/1.2").unwrap();
+        let stale = store
+            .stale_journals(std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            stale,
+            vec![WriteJournal {
+                id: "torn.keys".into(),
+                keys: Vec::new()
+            }]
+        );
     }
 }

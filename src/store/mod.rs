@@ -75,9 +75,39 @@ impl BlobKey {
     }
 }
 
+/// The keys of blobs about to be written, recorded by the store itself
+/// ([`BlobStore::journal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteJournal {
+    /// The store's name for it.
+    pub id: String,
+    pub keys: Vec<String>,
+}
+
 /// Storage of immutable blobs.
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + 'static {
+    /// Record durably, where [`BlobStore::stale_journals`] finds them
+    /// after a crash, that the blobs of `keys` are about to be written.
+    /// `None`: this store keeps no journal, the caller journals the keys in
+    /// the index. The local folder keeps one (a file and two fsyncs, where
+    /// the index's journal queues for SQLite's one writer); an S3 bucket
+    /// does not (an object would cost a round trip to the bucket).
+    async fn journal(&self, _keys: &[&str]) -> Result<Option<WriteJournal>, StoreError> {
+        Ok(None)
+    }
+    /// Drop a journal whose blobs are all indexed or deleted.
+    async fn close_journal(&self, _journal: WriteJournal) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Journals older than `age`, at most a hundred: writes that never
+    /// finished, or whose close was lost.
+    async fn stale_journals(
+        &self,
+        _age: std::time::Duration,
+    ) -> Result<Vec<WriteJournal>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Store a received part under `key`, durably: when this returns, the
     /// blob survives a crash. The part is consumed. A put cut short by a
     /// crash may leave a partial blob under `key`: callers journal the key

@@ -139,7 +139,16 @@ impl TestApp {
         row.try_get::<i64>("", "n").unwrap()
     }
 
-    /// Files in the blob folder (temporary files excluded).
+    /// Journal entries of blob writes still open: rows of the index's
+    /// journal and files of the local folder's.
+    pub async fn open_journals(&self) -> i64 {
+        let files = std::fs::read_dir(self.dir.path().join("blobs/.journal"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        self.scalar("SELECT COUNT(*) AS n FROM pending_blobs").await + files as i64
+    }
+
+    /// Files in the blob folder (the folder's journals excluded).
     pub fn blob_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             let Ok(entries) = std::fs::read_dir(dir) else {
@@ -148,7 +157,7 @@ impl TestApp {
             for e in entries.flatten() {
                 let p = e.path();
                 if p.is_dir() {
-                    if p.file_name().is_some_and(|n| n != ".tmp") {
+                    if p.file_name().is_some_and(|n| n != ".journal") {
                         walk(&p, out);
                     }
                 } else {
