@@ -96,7 +96,10 @@ impl HospitalDb {
             total,
             ..
         } = written;
-        recount(&txn, &touched, now_millis()).await?;
+        // the straight attempt only adds instances: no series or study
+        // becomes empty
+        let grown = attempt == Attempt::Straight;
+        recount(&txn, &touched, now_millis(), grown).await?;
         if journaled {
             for chunk in indexed.chunks(IN_CHUNK) {
                 pending_blob::Entity::delete_many()

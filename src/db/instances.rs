@@ -475,7 +475,7 @@ async fn exec<C: ConnectionTrait>(
 
 /// Add `delta` bytes to a hospital's usage, in the caller's transaction,
 /// unless that takes it past its `max_storage_bytes` (0: no quota). The
-/// check and the addition are one conditional UPDATE of the usage row, which
+/// check and the addition are one conditional upsert of the usage row, which
 /// PostgreSQL row-locks (SQLite: the write lock) until commit: two
 /// concurrent ingests cannot both see the same headroom. A delta of 0 or
 /// less always passes. Returns whether it was charged.
@@ -484,19 +484,19 @@ pub(super) async fn charge<C: ConnectionTrait>(
     hospital_pk: i64,
     delta: i64,
 ) -> Result<bool, sea_orm::DbErr> {
-    exec(
-        c,
-        "INSERT INTO hospital_usage (hospital_id, bytes) VALUES ($1, 0) ON CONFLICT (hospital_id) DO NOTHING",
-        vec![hospital_pk.into()],
-    )
-    .await?;
+    // One statement: the hospital's first charge inserts its row (when
+    // `delta` alone fits), a later one adds to it (when the sum fits).
     let res = c
         .execute_raw(Statement::from_sql_and_values(
             c.get_database_backend(),
-            "UPDATE hospital_usage SET bytes = bytes + $1 \
-             WHERE hospital_id = $2 AND ($1 <= 0 \
+            "INSERT INTO hospital_usage (hospital_id, bytes) \
+             SELECT $2, $1 WHERE $1 <= 0 \
                OR (SELECT max_storage_bytes FROM hospitals WHERE id = $2) <= 0 \
-               OR bytes + $1 <= (SELECT max_storage_bytes FROM hospitals WHERE id = $2))",
+               OR $1 <= (SELECT max_storage_bytes FROM hospitals WHERE id = $2) \
+             ON CONFLICT (hospital_id) DO UPDATE SET bytes = hospital_usage.bytes + $1 \
+             WHERE $1 <= 0 \
+               OR (SELECT max_storage_bytes FROM hospitals WHERE id = $2) <= 0 \
+               OR hospital_usage.bytes + $1 <= (SELECT max_storage_bytes FROM hospitals WHERE id = $2)",
             vec![delta.into(), hospital_pk.into()],
         ))
         .await?;
@@ -504,11 +504,13 @@ pub(super) async fn charge<C: ConnectionTrait>(
 }
 
 /// Recompute the counts of the given series and studies from the rows,
-/// and drop those that became empty: a few statements for the lot.
+/// and drop those that became empty (unless `grown`: only instances were
+/// added): a few statements for the lot.
 pub(super) async fn recount<C: ConnectionTrait>(
     c: &C,
     pairs: &[(i64, i64)],
     now: i64,
+    grown: bool,
 ) -> Result<(), sea_orm::DbErr> {
     let series_pks: BTreeSet<i64> = pairs.iter().map(|p| p.1).collect();
     let study_pks: BTreeSet<i64> = pairs.iter().map(|p| p.0).collect();
@@ -523,11 +525,13 @@ pub(super) async fn recount<C: ConnectionTrait>(
             .filter(series::Column::Id.is_in(chunk.iter().copied()))
             .exec(c)
             .await?;
-        series::Entity::delete_many()
-            .filter(series::Column::Id.is_in(chunk.iter().copied()))
-            .filter(series::Column::NumberOfInstances.eq(0))
-            .exec(c)
-            .await?;
+        if !grown {
+            series::Entity::delete_many()
+                .filter(series::Column::Id.is_in(chunk.iter().copied()))
+                .filter(series::Column::NumberOfInstances.eq(0))
+                .exec(c)
+                .await?;
+        }
     }
     for chunk in Vec::from_iter(study_pks).chunks(IN_CHUNK) {
         let rows: Vec<(i64, String)> = series::Entity::find()
@@ -572,11 +576,13 @@ pub(super) async fn recount<C: ConnectionTrait>(
             sql.push_str(") AS v WHERE studies.id = v.column1");
             exec(c, &sql, values).await?;
         }
-        study::Entity::delete_many()
-            .filter(study::Column::Id.is_in(chunk.iter().copied()))
-            .filter(study::Column::NumberOfInstances.eq(0))
-            .exec(c)
-            .await?;
+        if !grown {
+            study::Entity::delete_many()
+                .filter(study::Column::Id.is_in(chunk.iter().copied()))
+                .filter(study::Column::NumberOfInstances.eq(0))
+                .exec(c)
+                .await?;
+        }
     }
     Ok(())
 }

@@ -358,7 +358,7 @@ impl HospitalDb {
             .iter()
             .map(|(_, s, _, _)| (f.study_pk, *s))
             .collect();
-        recount(&txn, &pairs, now).await?;
+        recount(&txn, &pairs, now, false).await?;
         let freed: i64 = victims.iter().map(|(_, _, _, size)| size).sum();
         charge(&txn, self.hospital.pk, -freed).await?;
         txn.commit().await?;
