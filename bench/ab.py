@@ -8,6 +8,10 @@ server (SQLite, embedded default) with the same client as bench/run.py:
     python3 bench/ab.py --a target/ab/old --b target/release/cloudpacs --pairs 4
     python3 bench/ab.py ... --load small      # the 1k-study scale set, 100/request
 
+Each run starts after the page cache is warmed as in bench/run.py (--warm); a run
+whose CPU per instance is twice the others' still met cold pages: compare runs of
+the same state.
+
 Prints one line per run (instances/s, server CPU ms per instance, request p50)
 and the means. Uses the dataset of bench/run.sh (/tmp/cloudpacs-bench/data,
 generated when missing). Not part of the CI test run.
@@ -38,23 +42,12 @@ def jobs_for(load, manifest):
     return [("file", b["path"]) for b in manifest["scale"]["bodies"] if b["to"] <= 1000]
 
 
-def warm(mib, path):
-    """Write and delete `mib` MiB: the page cache pages of the next ~2 s of
-    writes are then ones the host already backs (see --warm)."""
-    chunk = b"\1" * (4 << 20)
-    with open(path, "wb") as fh:
-        for _ in range(max(1, mib // 4)):
-            fh.write(chunk)
-    os.remove(path)
-
-
 def one(binary, work, load, jobs, data, warm_mib):
     server = run.Cloudpacs(work, binary).start()
     try:
         run.settle()
-        scratch = os.path.join(os.path.dirname(work), "warm.bin")
         r = client.stow(server.info(), jobs, data, 4, load,
-                        before=(lambda: warm(warm_mib, scratch)) if warm_mib else None)
+                        before=lambda: client.warm_page_cache(os.path.dirname(work), warm_mib))
     finally:
         server.stop()
     if r["instances_failed"]:
@@ -72,8 +65,8 @@ def main(argv=None):
     ap.add_argument("--load", choices=["clinical", "small"], default="clinical")
     ap.add_argument("--data", default="/tmp/cloudpacs-bench/data")
     ap.add_argument("--work", default="/tmp/cloudpacs-bench/ab")
-    ap.add_argument("--warm", type=int, default=0, metavar="MIB",
-                    help="write and delete MIB MiB right before each run (the fast state, see ANALYSIS.md)")
+    ap.add_argument("--warm", type=int, default=1200, metavar="MIB",
+                    help="write and delete MIB MiB right before each run (client.warm_page_cache; 0: no)")
     a = ap.parse_args(argv)
     if not os.path.exists(os.path.join(a.data, "manifest.json")):
         import subprocess

@@ -585,7 +585,27 @@ def floor(server, path, reps=300):
 _durable_runs = itertools.count()
 
 
-def durable_files(workdir, count, size, writers=4, per_folder=25):
+def warm_page_cache(workdir, mib):
+    """Write and delete `mib` MiB, so that the next writes of ~`mib` MiB into the page
+    cache get pages the host already backs. This machine is a VM whose kernel hands
+    every free 2 MiB block back to the host at once (virtio-balloon free page
+    reporting, `page_reporting.min_free_ms=0`); the first write to such a page later
+    faults on the host: page-cache writes ran at 175 MB/s into that memory and at
+    6.3 GB/s into pages freed a second before, which are handed back after 2-3 s.
+    A host whose memory is in use (a busy archive's page cache) recycles warm pages.
+    Called right before each timed load, the same for every server
+    (bench/ANALYSIS.md, "STOW")."""
+    if mib <= 0:
+        return
+    path = os.path.join(workdir, "warm-%d.bin" % os.getpid())
+    chunk = b"\1" * (4 << 20)
+    with open(path, "wb") as fh:
+        for _ in range(max(1, mib // 4)):
+            fh.write(chunk)
+    os.remove(path)
+
+
+def durable_files(workdir, count, size, writers=4, per_folder=25, warm_mib=0):
     """What one durable file per instance costs on this file system, without any
     archive: `writers` threads (the STOW clients' concurrency) each write files of
     `size` bytes as a store must before acknowledging them: create, write, fsync,
@@ -617,6 +637,7 @@ def durable_files(workdir, count, size, writers=4, per_folder=25):
             finally:
                 os.close(fd)
 
+    warm_page_cache(workdir, warm_mib)
     t0, c0 = time.perf_counter(), os.times()
     with concurrent.futures.ThreadPoolExecutor(writers) as pool:
         list(pool.map(write_files, range(writers)))  # raises a writer's error

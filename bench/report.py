@@ -67,6 +67,11 @@ def main(path, analysis=True):
       "keep-alive)." % (m["cpu"], m["cores"], "{:,}".format(m["mem_mib"]), m["kernel"], m["python"]))
     w("* **Servers:** " + "; ".join("%s — `%s`" % (S[s]["label"], S[s]["version"]) for s in have) + ".")
     w("* **Command:** `%s`" % r.get("command", "bench/run.sh"))
+    if r.get("warm_mib"):
+        w("* **Page cache warmed before each timed STOW load** (and `durable_files`), the same for every "
+          "server: %s MiB written and deleted just before the clock starts, so that the load writes into "
+          "pages the host backs (this VM hands free memory back to the host, and the first write to "
+          "such a page ran at 175 MB/s instead of 6.3 GB/s; see ANALYSIS.md, STOW)." % "{:,}".format(r["warm_mib"]))
     loads = []
     for ph, v in P.items():
         for s in have:

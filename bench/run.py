@@ -262,6 +262,8 @@ def main(argv=None):
     ap.add_argument("--big-servers", default="cloudpacs,cloudpacs-pg")
     ap.add_argument("--qido-reps", type=int, default=None)
     ap.add_argument("--phases", default="clinical,scale,big")
+    ap.add_argument("--warm-mib", type=int, default=1200,
+                    help="MiB written and deleted right before each timed load (client.warm_page_cache; 0: no)")
     a = ap.parse_args(argv)
     q = a.quick
     steps = [int(x) for x in (a.steps or ("500,2000" if q else "1000,10000,100000")).split(",")]
@@ -284,7 +286,8 @@ def main(argv=None):
                "argv": sys.argv[1:],
                "command": os.environ.get("BENCH_COMMAND", "bench/run.py " + " ".join(sys.argv[1:])), "quick": q, "dataset": cfg, "steps": steps,
                "orthanc_max": a.orthanc_max, "pg_max": pg_max,
-               "big_slices": big_slices, "qido_reps": qreps, "servers": {}, "phases": {}}
+               "big_slices": big_slices, "qido_reps": qreps, "warm_mib": a.warm_mib,
+               "servers": {}, "phases": {}}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
 
     def save():
@@ -332,9 +335,13 @@ def main(argv=None):
             """The file system's own cost of a set's instances: the bound of any STOW."""
             log("durable files (%s): %d x %d bytes" % (name, count, size))
             P.setdefault("durable_files", {})[name] = max(
-                (client.durable_files(a.work, count, size, writers=w) for w in (4, 16)),
+                (client.durable_files(a.work, count, size, writers=w, warm_mib=a.warm_mib)
+                 for w in (4, 16)),
                 key=lambda x: x["files_per_s"])
             save()
+
+        def warm():
+            client.warm_page_cache(a.work, a.warm_mib)
 
         clin = manifest["clinical"]["studies"]
         if "clinical" in phases:
@@ -349,9 +356,11 @@ def main(argv=None):
                             mf_job, mf_bytes = ("parts", [x["path"]]), x["size"]
             sizes = [x["size"] for st in clin for se in st["series"] for x in se["instances"] if x["frames"] == 1]
             durable_files("clinical", len(sizes), sum(sizes) // max(1, len(sizes)))
-            each("stow_clinical", lambda i: client.stow(i, jobs, a.data, 4, "clinical single-frame, 10/request"))
+            each("stow_clinical", lambda i: client.stow(i, jobs, a.data, 4, "clinical single-frame, 10/request",
+                                                        before=warm))
             if mf_job:
-                each("stow_multiframe", lambda i: client.stow(i, [mf_job], a.data, 1, "600-frame instance"))
+                each("stow_multiframe", lambda i: client.stow(i, [mf_job], a.data, 1, "600-frame instance",
+                                                              before=warm))
             big_ct = next(st for st in clin if st["kind"] == "ct-big-series")
             ct = [st for st in clin if st["kind"] == "ct"]
             mf = next((st for st in clin if st["kind"] == "multiframe"), None)
@@ -405,7 +414,7 @@ def main(argv=None):
                         if not (s.name == "orthanc" and n > a.orthanc_max)
                         and not (s.name == "cloudpacs-pg" and n > pg_max)]
                 label = "scale %d..%d (%d studies/request)" % (prev, n, cfg["scale_batch"])
-                each("stow_scale_%d" % n, lambda i: client.stow(i, jobs, a.data, 4, label), only)
+                each("stow_scale_%d" % n, lambda i: client.stow(i, jobs, a.data, 4, label, before=warm), only)
                 if pg_db and "cloudpacs-pg" in only:
                     # What autovacuum does some minutes after a bulk load (visibility map,
                     # statistics), done now so that the searches below do not run during it.
