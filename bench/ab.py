@@ -54,7 +54,7 @@ def one(binary, work, load, jobs, data, warm_mib):
         raise RuntimeError("%d instances failed: %s" % (r["instances_failed"], r["statuses"]))
     cpu = r["host"].get("server_cpu_s") or 0.0
     return {"inst_s": r["instances_per_s"], "cpu_ms": 1000 * cpu / r["instances_ok"],
-            "p50_ms": r["request_ms"]["p50"]}
+            "p50_ms": r["request_ms"]["p50"], "p95_ms": r["request_ms"]["p95"]}
 
 
 def main(argv=None):
@@ -84,8 +84,9 @@ def main(argv=None):
             # old data right before a run slows its inode allocation (run.settle)
             r = one(binary, os.path.join(a.work, "%s%d" % (name, k)), a.load, jobs, a.data, a.warm)
             runs[name].append(r)
-            print("[%s] pair %d %s: %7.0f inst/s  %.2f ms CPU/inst  p50 %.1f ms" % (
-                time.strftime("%H:%M:%S"), k, name, r["inst_s"], r["cpu_ms"], r["p50_ms"]), flush=True)
+            print("[%s] pair %d %s: %7.0f inst/s  %.2f ms CPU/inst  p50 %.1f ms  p95 %.1f ms" % (
+                time.strftime("%H:%M:%S"), k, name, r["inst_s"], r["cpu_ms"], r["p50_ms"], r["p95_ms"]),
+                flush=True)
     for name in ("A", "B"):
         rs = runs[name]
         print("%s mean: %7.0f inst/s  %.2f ms CPU/inst  p50 %.1f ms" % (
