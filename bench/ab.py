@@ -33,12 +33,7 @@ import run  # noqa: E402
 
 def jobs_for(load, manifest):
     if load == "clinical":
-        jobs = []
-        for st in manifest["clinical"]["studies"]:
-            for se in st["series"]:
-                paths = [x["path"] for x in se["instances"] if x["frames"] == 1]
-                jobs += [("parts", paths[k:k + 10]) for k in range(0, len(paths), 10)]
-        return jobs
+        return run.clinical_stow_jobs(manifest["clinical"]["studies"])
     return [("file", b["path"]) for b in manifest["scale"]["bodies"] if b["to"] <= 1000]
 
 

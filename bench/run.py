@@ -209,6 +209,16 @@ class Cloudpacs:
         self.log.close()
 
 
+def clinical_stow_jobs(studies):
+    """The clinical set's single-frame instances, 10 per STOW request, series by series."""
+    jobs = []
+    for st in studies:
+        for se in st["series"]:
+            paths = [x["path"] for x in se["instances"] if x["frames"] == 1]
+            jobs += [("parts", paths[k:k + 10]) for k in range(0, len(paths), 10)]
+    return jobs
+
+
 def stop_proc(proc):
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -345,12 +355,9 @@ def main(argv=None):
 
         clin = manifest["clinical"]["studies"]
         if "clinical" in phases:
-            jobs, mf_job, mf_bytes = [], None, 0
+            jobs, mf_job, mf_bytes = clinical_stow_jobs(clin), None, 0
             for st in clin:
                 for se in st["series"]:
-                    paths = [x["path"] for x in se["instances"] if x["frames"] == 1]
-                    for k in range(0, len(paths), 10):
-                        jobs.append(("parts", paths[k:k + 10]))
                     for x in se["instances"]:
                         if x["frames"] > 1:
                             mf_job, mf_bytes = ("parts", [x["path"]]), x["size"]

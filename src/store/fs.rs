@@ -79,14 +79,13 @@ const JOURNAL_DIR: &str = ".journal";
 /// (written, not yet fsynced) lacks it, and none of its blobs was written.
 const JOURNAL_END: &str = "end";
 
-/// Write a journal of `keys` as `name` in `dir` and fsync it and `dir`
-/// (blocking). A failed write removes what it wrote.
-fn write_journal(dir: &Path, name: &str, keys: &[String]) -> std::io::Result<()> {
+/// Write `journal` in `dir` (its keys, a line each, then the end line) and
+/// fsync it and `dir` (blocking). A failed write removes what it wrote.
+fn write_journal(dir: &Path, journal: &WriteJournal) -> std::io::Result<()> {
     use std::io::Write;
-    let path = dir.join(name);
-    let mut text = String::with_capacity(keys.iter().map(|k| k.len() + 1).sum::<usize>() + 4);
-    for key in keys {
-        text.push_str(key);
+    let path = dir.join(&journal.id);
+    let mut text = journal.keys.join("\n");
+    if !text.is_empty() {
         text.push('\n');
     }
     text.push_str(JOURNAL_END);
@@ -281,9 +280,11 @@ impl BlobStore for FsStore {
         // Not in a sync slot: the batch's puts wait for it, and it is two
         // small fsyncs.
         let dir = self.root.join(JOURNAL_DIR);
-        let (id, written) = (journal.id.clone(), journal.keys.clone());
-        blocking(move || Ok(write_journal(&dir, &id, &written)?)).await?;
-        Ok(Some(journal))
+        blocking(move || {
+            write_journal(&dir, &journal)?;
+            Ok(Some(journal))
+        })
+        .await
     }
 
     async fn close_journal(&self, journal: WriteJournal) -> Result<(), StoreError> {
